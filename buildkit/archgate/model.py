@@ -1,0 +1,96 @@
+"""What the arch gate reports: findings per object, folded into one report.
+
+The JSON form of `GateReport.to_dict()` is a documented, stable schema (README, "Gate report
+schema"): fields are only ever added, and `schema` is bumped on any incompatible change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+Severity = Literal["error", "warning", "waived", "info"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule outcome for one object.
+
+    path: where the object is, archive members joined with '!' (`img.tar.gz!usr/lib/libx.so`).
+    rule: a stable id such as `attr.cpu_arch`, `go.goarm`, `code.v7`, `closure.missing`.
+    evidence: the facts behind it (tag values, GOARM, instruction + address + symbol).
+    hint: how to fix it. waiver: the id of the waiver that turned an error into `waived`.
+    """
+
+    path: str
+    rule: str
+    severity: Severity
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    hint: str = ""
+    waiver: str | None = None
+    waiver_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the gate learnt about one ELF object, whatever the verdict."""
+
+    path: str
+    sha256: str
+    elf_type: str = ""
+    machine: str = ""
+    cpu_arch: str | None = None
+    float_abi: str | None = None
+    interpreter: str | None = None
+    needed: tuple[str, ...] = ()
+    soname: str | None = None
+    go_version: str | None = None
+    goarm: str | None = None
+    cgo_enabled: str | None = None
+    checks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GateReport:
+    profile: str
+    inputs: tuple[str, ...]
+    objects: tuple[ObjectInfo, ...]
+    findings: tuple[Finding, ...]
+    files_scanned: int = 0
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == "error")
+
+    @property
+    def waived(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == "waived")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.ok else "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "tool": "buildkit",
+            "profile": self.profile,
+            "verdict": self.verdict,
+            "inputs": list(self.inputs),
+            "summary": {
+                "files_scanned": self.files_scanned,
+                "elf_objects": len(self.objects),
+                "errors": len(self.errors),
+                "waived": len(self.waived),
+                "warnings": sum(1 for f in self.findings if f.severity == "warning"),
+            },
+            "objects": [asdict(o) for o in self.objects],
+            "findings": [asdict(f) for f in self.findings],
+        }
