@@ -26,6 +26,9 @@ from buildkit.errors import UserError
 
 RECIPE_FILE = "recipe.toml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Environment names that hold a secret's value; the recipe must pass a file path instead.
+SECRET_ENV_RE = re.compile(r"TOKEN|SECRET|PASSW|PASSPHRASE|PRIVATE_KEY|API_KEY|CREDENTIAL", re.IGNORECASE)
+SECRET_MOUNT = "/run/secrets/"
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ class _Where:
 
 def _build(cls: type, data: Any, where: _Where) -> Any:
     if not isinstance(data, dict):
-        raise where.error(f"expected a table, got {_type_name(data)}")
+        raise where.error(f"expected a table, got {_type_name(data)}{_TABLE_HINTS.get(cls, '')}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(data) - set(fields))
@@ -184,6 +187,9 @@ def _build(cls: type, data: Any, where: _Where) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise where.child(name).error(f"missing; expected {_describe(hints[name])}")
     return cls(**values)
+
+
+_TABLE_HINTS = {Secret: " (secrets are referenced by file, never inline: [secrets.NAME] file = \"/path/on/device\")"}
 
 
 def _convert(hint: Any, value: Any, where: _Where) -> Any:
@@ -251,6 +257,11 @@ def _check_semantics(recipe: Recipe, where: _Where) -> None:
             raise run.child("writable").child(str(i)).error(f"expected an absolute path without '..', got {p!r}")
     if not _is_clean_abspath(recipe.run.entrypoint):
         raise run.child("entrypoint").error(f"expected an absolute path inside the payload, got {recipe.run.entrypoint!r}")
+    for key, value in recipe.run.env.items():
+        if SECRET_ENV_RE.search(key) and not value.startswith(SECRET_MOUNT):
+            raise run.child("env").child(key).error(
+                f"looks like a secret: declare it under [secrets.NAME] with a file and pass its path "
+                f"({SECRET_MOUNT}NAME), never the value")
     for name, secret in recipe.secrets.items():
         if not re.match(r"^[A-Za-z0-9_.-]+$", name):
             raise where.child("secrets").child(name).error("secret names may use letters, digits, '_', '.', '-'")

