@@ -44,7 +44,7 @@ TOOLS: dict[str, Tool] = {t.name: t for t in (
 def find_go() -> Path | None:
     override = os.environ.get("BUILDKIT_GO")
     if override:
-        return Path(override)
+        return Path(override) if Path(override).is_file() else None
     spec = importlib.util.find_spec("go")
     if spec and spec.origin:
         wheel_go = Path(spec.origin).parent / "bin" / "go"
