@@ -1,0 +1,551 @@
+"""The code scan: instructions in executable sections that the target CPU cannot run.
+
+Capstone 5 decodes; this module decides. Capstone's instruction groups are a starting point, not
+the truth (shared/research/arch-gate.md §5.2 lists the verified gaps): ARM-state SDIV/UDIV, D16-D31
+operands, fixed-point VCVT, VCVTB/VCVTT and the ARMv6T2 unprivileged halfword loads (LDRHT...)
+carry no telling group, DMB/DSB/ISB are only DATABARRIER, CLREX is labelled V7 though ARMv6K has
+it, and Thumb-1 versus Thumb-2 is an encoding question. Those are decided here by encoding masks.
+
+Speed comes from not disassembling what cannot matter. A regular expression over the raw words
+(C speed) steps over every encoding family that holds only ARMv6 instructions (data processing,
+LDR/STR, LDM/STM, B/BL; in Thumb-1 nearly everything) and stops at the candidates: media,
+multiply and extra load/store, misc, coprocessor/VFP/NEON, the unconditional space, and Thumb-2
+prefixes. Only distinct candidate words go through Capstone with detail. tests/test_codescan_prefilter.py
+shows the filter drops nothing the full decode would flag.
+
+Code and data: mapping symbols ($a/$t/$d, aaelf32 "Mapping symbols") split a section into ARM,
+Thumb and data ranges when .symtab has them. Without them (stripped binaries, Go) a section is
+read in the state of most of its STT_FUNC symbols (Thumb bit in the value; ARM when there are
+none), the functions of the other state in theirs, and words that a PC-relative load or an ADR
+reads (literal pools, constants) count as data. The result is evidence with addresses and
+symbols, not proof.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from functools import cache, cached_property
+from itertools import pairwise
+from typing import Any, NamedTuple
+
+import capstone
+from capstone import arm_const
+
+MAX_HITS_PER_OBJECT = 200
+
+GROUP_NAMES: Mapping[int, str] = {
+    value: name.removeprefix("ARM_GRP_")
+    for name, value in vars(arm_const).items() if name.startswith("ARM_GRP_")
+}
+
+# A rejected group becomes a rule id; most specific first, so a NEON instruction in a Thumb-2
+# encoding is reported as NEON.
+GROUP_RULES: tuple[tuple[str, str], ...] = (
+    ("CRYPTO", "code.crypto"), ("CRC", "code.v8"), ("V8", "code.v8"), ("FPARMV8", "code.v8"),
+    ("NEON", "code.neon"), ("VFP4", "code.vfp4"), ("VFP3", "code.vfp3"), ("DIVIDE", "code.divide"),
+    ("DATABARRIER", "code.databarrier"), ("MULTPRO", "code.mp"), ("VIRTUALIZATION", "code.virt"),
+    ("MCLASS", "code.mclass"), ("THUMB2", "code.thumb2"), ("T2EXTRACTPACK", "code.thumb2"),
+    ("THUMB2DSP", "code.thumb2"), ("V7", "code.v7"), ("V6T2", "code.v6t2"), ("V6M", "code.v6m"),
+)
+
+ARM, THUMB, DATA = "arm", "thumb", "data"
+
+# Encodings Capstone does not group correctly, as (mask, value) on the ARM word; the Thumb-2
+# VFP forms are the same 32 bits with hw1 in the top half.
+ARM_DIVIDE = ((0x0FF0F0F0, 0x0710F010), (0x0FF0F0F0, 0x0730F010))      # SDIV, UDIV
+VFP3_ONLY = ((0x0FBA0E50, 0x0EBA0A40),                                 # VCVT fixed-point
+             (0x0FB00EF0, 0x0EB00A00))                                 # VMOV immediate
+FP16_CONVERT = ((0x0FBE0E50, 0x0EB20A40),)                             # VCVTB / VCVTT
+ARM_UNPRIVILEGED_HALFWORD = ((0x0F3000F0, 0x003000B0), (0x0F3000F0, 0x003000D0),   # LDRHT, LDRSBT,
+                             (0x0F3000F0, 0x003000F0), (0x0F3000F0, 0x002000B0))   # LDRSHT, STRHT
+D_REGISTER = re.compile(r"\b([dq])(\d+)\b")
+
+
+@dataclass(frozen=True)
+class CodeRules:
+    """The profile's [code] table: what the target CPU lacks."""
+
+    reject_groups: frozenset[str]
+    allow_mnemonics_arm: frozenset[str]
+    max_d_register: int
+    thumb2: bool
+    hw_divide: bool
+    vfp3: bool
+    fp16: bool
+
+    @classmethod
+    def from_table(cls, table: dict) -> CodeRules:
+        names = {f.name for f in fields(cls)}
+        unknown, missing = set(table) - names, names - set(table)
+        if unknown or missing:
+            raise ValueError(f"[code] keys: unknown {sorted(unknown)}, missing {sorted(missing)}; "
+                             f"expected exactly {sorted(names)}")
+        groups = _string_set(table, "reject_groups")
+        bad_groups = groups - set(GROUP_NAMES.values())
+        if bad_groups:
+            raise ValueError(f"[code] reject_groups: {sorted(bad_groups)} are not Capstone 5 ARM groups "
+                             f"(known: {sorted(GROUP_NAMES.values())})")
+        max_d = table["max_d_register"]
+        if type(max_d) is not int or not 0 <= max_d <= 31:
+            raise ValueError(f"[code] max_d_register: {max_d!r} is not a register number 0-31 (15 for VFP11/D16)")
+        flags = {name: table[name] for name in ("thumb2", "hw_divide", "vfp3", "fp16")}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"[code] {name}: {value!r} is not true or false")
+        return cls(reject_groups=groups, allow_mnemonics_arm=_string_set(table, "allow_mnemonics_arm"),
+                   max_d_register=max_d, **flags)
+
+
+def _string_set(table: dict, key: str) -> frozenset[str]:
+    value = table[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"[code] {key}: {value!r} is not an array of strings")
+    return frozenset(value)
+
+
+@dataclass(frozen=True)
+class CodeHit:
+    """One instruction the target cannot run. `symbol` is the enclosing function (from .symtab or
+    .dynsym; None when none encloses it), `groups` are Capstone's group names for it."""
+
+    rule: str
+    address: int
+    section: str
+    state: str
+    mnemonic: str
+    op_str: str
+    symbol: str | None
+    symbol_offset: int
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CodeScanResult:
+    """`hits` in address order, at most MAX_HITS_PER_OBJECT of `total_hits`. `undecoded_words`
+    counts candidate words Capstone could not decode (data, or undefined encodings)."""
+
+    hits: tuple[CodeHit, ...]
+    total_hits: int
+    bytes_scanned: int
+    used_mapping_symbols: bool
+    undecoded_words: int
+
+
+# --- the pre-filter: regular expressions over little-endian code ----------------------------------
+
+def _byte_class(mask: int, value: int) -> bytes:
+    members = [b for b in range(256) if b & mask == value]
+    if len(members) == 256:
+        return b"."
+    return b"[" + b"".join(b"\\x%02x" % b for b in members) + b"]"
+
+
+def _le_pattern(mask: int, value: int, size: int) -> bytes:
+    """A regex matching `size` little-endian bytes whose value v satisfies v & mask == value."""
+    return b"".join(_byte_class((mask >> 8 * i) & 0xFF, (value >> 8 * i) & 0xFF) for i in range(size))
+
+
+def _either(*patterns: bytes) -> bytes:
+    return b"(?:" + b"|".join(patterns) + b")"
+
+
+def _any_of(patterns: tuple[tuple[int, int], ...], size: int) -> bytes:
+    return _either(*(_le_pattern(mask, value, size) for mask, value in patterns))
+
+
+def _stepper(unit: bytes, wanted: bytes, skip: bytes = b"") -> re.Pattern[bytes]:
+    """From an instruction boundary: possessively step over `skip` sequences and units that do not
+    start a `wanted` one, then capture the next wanted one (group 1) or reach the end (None)."""
+    ordinary = (skip + b"|" if skip else b"") + b"(?!" + wanted + b")" + unit
+    return re.compile(rb"(?s)(?:" + ordinary + rb")*+(?:(" + wanted + rb")|.{0,3}\Z)")
+
+
+# ARM-state encoding families that contain anything beyond ARMv6KZ+VFPv2 (ARM ARM A5.1): the
+# unconditional space; multiplies and extra loads/stores; misc (BX, CLZ, SMC, HVC, ERET, CRC32, MRS
+# banked); MOVW/MOVT and the hint space; media (SDIV, BFI, UBFX, RBIT, and the v6 media ops);
+# coprocessor, VFP and NEON. The rest (data processing, LDR/STR, LDM/STM, B/BL) is ARMv4-v6.
+ARM_CANDIDATES = ((0xF0000000, 0xF0000000), (0x0E000090, 0x00000090), (0x0F900000, 0x01000000),
+                  (0x0F900000, 0x03000000), (0x0E000010, 0x06000010), (0x0C000000, 0x0C000000))
+ARM_SCAN = _stepper(b"....", _any_of(ARM_CANDIDATES, 4))
+
+# Thumb: 32-bit encodings except the BL/BLX pair (Thumb-1 has it), CBZ/CBNZ, IT and hints, and
+# HLT (ARMv8; undefined on ARMv6).
+THUMB_32BIT = _either(*(_le_pattern(mask, value, 2) + b".." for mask, value in ((0xF800, 0xE800), (0xF000, 0xF000))))
+THUMB_BL_PAIR = _le_pattern(0xF800, 0xF000, 2) + _le_pattern(0xE800, 0xE800, 2)
+THUMB_16BIT_CANDIDATES = ((0xF500, 0xB100), (0xFF00, 0xBF00), (0xFFC0, 0xBA80))
+THUMB_SCAN = _stepper(b"..", _either(THUMB_32BIT, _any_of(THUMB_16BIT_CANDIDATES, 2)), skip=THUMB_BL_PAIR)
+
+# PC-relative loads and ADR: what they read is data (literal pools). Used only where no mapping
+# symbols say where the data is, and only once a section has hits.
+ARM_LITERAL_LOAD = 0x0F3F0000, 0x051F0000            # LDR/LDRB Rt, [PC, #+-imm12]
+ARM_VLDR_LITERAL = 0x0F3F0E00, 0x0D1F0A00            # VLDR Sd/Dd, [PC, #+-imm8*4]
+ARM_LDRD_LITERAL = 0x0F7F00F0, 0x014F00D0            # LDRD Rt, Rt2, [PC, #+-imm8]
+ARM_ADR = ((0x0FFF0000, 0x028F0000), (0x0FFF0000, 0x024F0000))   # ADD/SUB Rd, PC, #const
+ARM_PC_RELATIVE = _stepper(b"....", _any_of((ARM_LITERAL_LOAD, ARM_VLDR_LITERAL, ARM_LDRD_LITERAL, *ARM_ADR), 4))
+THUMB_LITERAL_LOAD = 0xF800, 0x4800                   # LDR Rt, [PC, #imm8*4]
+THUMB_PC_RELATIVE = _stepper(b"..", _le_pattern(*THUMB_LITERAL_LOAD, 2), skip=THUMB_32BIT)
+
+
+# --- deciding one instruction ----------------------------------------------------------------------
+
+@cache
+def _disassembler(state: str) -> capstone.Cs:
+    mode = capstone.CS_MODE_THUMB if state == THUMB else capstone.CS_MODE_ARM
+    md = capstone.Cs(capstone.CS_ARCH_ARM, mode | capstone.CS_MODE_V8)   # V8: decode everything, judge later
+    md.detail = True
+    return md
+
+
+def decode(state: str, code: bytes, address: int = 0) -> capstone.CsInsn | None:
+    return next(_disassembler(state).disasm(code, address, 1), None)
+
+
+def _matches(word: int, patterns: tuple[tuple[int, int], ...]) -> bool:
+    return any(word & mask == value for mask, value in patterns)
+
+
+def _canonical_word(state: str, code: bytes) -> int:
+    """The instruction as one integer: the ARM word, or a Thumb-2 pair as hw1 << 16 | hw2."""
+    if state == THUMB and len(code) == 4:
+        return int.from_bytes(code[:2], "little") << 16 | int.from_bytes(code[2:], "little")
+    return int.from_bytes(code, "little")
+
+
+def _is_thumb1(code: bytes) -> bool:
+    """Thumb on ARMv6: 16-bit encodings other than CBZ/CBNZ, IT, hints and HLT, and the BL/BLX pair."""
+    hw1 = int.from_bytes(code[:2], "little")
+    if len(code) == 4:
+        hw2 = int.from_bytes(code[2:], "little")
+        return hw1 & 0xF800 == 0xF000 and hw2 & 0xE800 == 0xE800
+    return not _matches(hw1, THUMB_16BIT_CANDIDATES)
+
+
+def _highest_d_register(op_str: str) -> int:
+    """d<N> as N, q<N> as its upper half d<2N+1>; -1 when there is none."""
+    return max((int(n) if kind == "d" else 2 * int(n) + 1 for kind, n in D_REGISTER.findall(op_str)), default=-1)
+
+
+@cache
+def _rejected_group_ids(rules: CodeRules) -> dict[int, tuple[int, str]]:
+    """Capstone group id -> (priority, rule id) for the groups the profile rejects."""
+    ids = {name: number for number, name in GROUP_NAMES.items()}
+    return {ids[group]: (priority, rule) for priority, (group, rule) in enumerate(GROUP_RULES)
+            if group in rules.reject_groups}
+
+
+def classify(state: str, code: bytes, insn: capstone.CsInsn, rules: CodeRules) -> str | None:
+    """The rule an instruction breaks on the target, or None when the target can run it."""
+    if state == ARM and insn.mnemonic in rules.allow_mnemonics_arm:
+        return None
+    rejected = _rejected_group_ids(rules)
+    by_group = [rejected[g] for g in insn.groups if g in rejected]
+    if by_group:
+        return min(by_group)[1]
+    word = _canonical_word(state, code)
+    if not rules.hw_divide and state == ARM and _matches(word, ARM_DIVIDE):
+        return "code.divide"
+    if not rules.vfp3 and _matches(word, VFP3_ONLY):
+        return "code.vfp3"
+    if not rules.fp16 and _matches(word, FP16_CONVERT):
+        return "code.fp16"
+    if _highest_d_register(insn.op_str) > rules.max_d_register:
+        return "code.vfp_d32"
+    if "V6T2" in rules.reject_groups and state == ARM and _matches(word, ARM_UNPRIVILEGED_HALFWORD):
+        return "code.v6t2"
+    if not rules.thumb2 and state == THUMB and not _is_thumb1(code):
+        return "code.thumb2"
+    return None
+
+
+UNDECODED = ""   # a verdict: Capstone could not decode the word (data, or an undefined encoding)
+
+
+@dataclass
+class _Verdicts:
+    """classify() per distinct encoding (the decision does not depend on the address), and how
+    many candidate words did not decode."""
+
+    rules: CodeRules
+    known: dict[tuple[str, bytes], str | None] = field(default_factory=dict)
+    undecoded: int = 0
+
+    def rule_for(self, state: str, code: bytes) -> str | None:
+        key = (state, code)
+        verdict = self.known[key] if key in self.known else self._decide(state, code)
+        if verdict == UNDECODED:
+            self.undecoded += 1
+            return None
+        return verdict
+
+    def _decide(self, state: str, code: bytes) -> str | None:
+        self.known[(state, code)] = verdict = self._judge(state, code)
+        return verdict
+
+    def _judge(self, state: str, code: bytes) -> str | None:
+        if state == THUMB and not self.rules.thumb2 and not _is_thumb1(code):
+            return "code.thumb2"   # not Thumb-1, whatever it decodes to; _hit refines the listed ones
+        insn = decode(state, code)
+        return UNDECODED if insn is None else classify(state, code, insn, self.rules)
+
+
+# --- where the code is -----------------------------------------------------------------------------
+
+SHF_EXECINSTR = 0x4
+PF_X = 0x1
+STT_NOTYPE, STT_FUNC = 0, 2
+STB_LOCAL = 0
+SKIPPED_SECTIONS = frozenset({".ARM.exidx", ".ARM.extab"})
+MAPPING_STATES = {b"$a": ARM, b"$t": THUMB, b"$d": DATA}
+
+
+@dataclass(frozen=True)
+class _Region:
+    """Bytes that execute: a SHF_EXECINSTR section, or a PF_X segment when there are no sections."""
+
+    name: str
+    address: int
+    data: bytes
+    section_index: int | None
+    first_offset: int = 0
+
+
+class _Function(NamedTuple):
+    start: int              # the symbol's value without the Thumb bit
+    size: int
+    strtab: bytes           # the name is read only for a hit
+    name_offset: int
+    state: str              # THUMB when the value had bit 0 set
+
+
+@dataclass
+class _SectionSymbols:
+    functions: list[_Function] = field(default_factory=list)
+    mapping: list[tuple[int, str]] = field(default_factory=list)                 # value, state
+
+    @cached_property
+    def function_starts(self) -> list[int]:
+        """Read only once `functions` is complete and sorted."""
+        return [f.start for f in self.functions]
+
+
+def _executable_regions(elf: Any) -> list[_Region]:
+    regions = [
+        _Region(section.name, section["sh_addr"], section.data(), index)
+        for index, section in enumerate(elf.iter_sections())
+        if section["sh_flags"] & SHF_EXECINSTR and section["sh_type"] != "SHT_NOBITS"
+        and section.name not in SKIPPED_SECTIONS
+    ]
+    if regions or elf.num_sections():
+        return regions
+    headers_end = elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"]
+    return [
+        _Region(f"segment {index}", segment["p_vaddr"], segment.data(), None,
+                first_offset=headers_end if segment["p_offset"] == 0 else 0)
+        for index, segment in enumerate(elf.iter_segments())
+        if segment["p_type"] == "PT_LOAD" and segment["p_flags"] & PF_X
+    ]
+
+
+def _read_symbols(elf: Any) -> dict[int, _SectionSymbols]:
+    """Function and mapping symbols from .symtab and .dynsym, per section index, read raw (struct
+    is ~50 times faster than pyelftools' Symbol objects on a library's thousands of symbols)."""
+    by_section: dict[int, _SectionSymbols] = {}
+    entry = struct.Struct(("<" if elf.little_endian else ">") + "IIIBBH")
+    for table in elf.iter_sections():
+        if table["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM") or table["sh_link"] >= elf.num_sections():
+            continue
+        strtab = elf.get_section(table["sh_link"]).data()
+        data = table.data()
+        for name, value, size, info, _other, shndx in entry.iter_unpack(data[:len(data) - len(data) % entry.size]):
+            kind = info & 0xF
+            if kind == STT_FUNC:
+                by_section.setdefault(shndx, _SectionSymbols()).functions.append(
+                    _Function(value & ~1, size, strtab, name, THUMB if value & 1 else ARM))
+            elif kind == STT_NOTYPE and info >> 4 == STB_LOCAL and _is_mapping_symbol(strtab, name):
+                by_section.setdefault(shndx, _SectionSymbols()).mapping.append(
+                    (value, MAPPING_STATES[strtab[name:name + 2]]))
+    for symbols in by_section.values():
+        symbols.functions.sort(key=lambda f: (f.start, -f.size))
+        symbols.mapping.sort(key=lambda m: m[0])
+    return by_section
+
+
+def _is_mapping_symbol(strtab: bytes, offset: int) -> bool:
+    """$a, $t, $d, or their $x.<anything> forms (aaelf32 "Mapping symbols")."""
+    return strtab[offset:offset + 2] in MAPPING_STATES and strtab[offset + 2:offset + 3] in (b"\0", b".")
+
+
+def _mapped_ranges(region: _Region, marks: list[tuple[int, str]]) -> list[tuple[int, int, str]]:
+    """Each mapping symbol opens a range up to the next one; before the first, assume ARM."""
+    size = len(region.data)
+    points = [(0, ARM), *((value - region.address, state) for value, state in marks), (size, DATA)]
+    ranges = []
+    for (start, state), (end, _) in pairwise(points):
+        start, end = max(start, 0), min(end, size)
+        if start < end:
+            ranges.append((start, end, state))
+    return ranges
+
+
+def _unmapped_ranges(region: _Region, symbols: _SectionSymbols | None) -> list[tuple[int, int, str]]:
+    """The state most of the section's function symbols have (ARM when it has none: Go, or a
+    stripped ARM object; Thumb for, say, a Debian armhf library with only .dynsym), except inside
+    the bodies of functions in the other state."""
+    functions, starts = (symbols.functions, symbols.function_starts) if symbols else ([], [])
+    usual = THUMB if 2 * sum(f.state == THUMB for f in functions) > len(functions) else ARM
+    size, cursor, ranges = len(region.data), region.first_offset, []
+    for function in (f for f in functions if f.state != usual):
+        start = function.start - region.address
+        end = start + function.size if function.size else \
+            _next_start(starts, function.start, region.address + size) - region.address
+        start, end = max(start, cursor), min(end, size)
+        if start >= end:
+            continue
+        if cursor < start:
+            ranges.append((cursor, start, usual))
+        ranges.append((start, end, function.state))
+        cursor = end
+    if cursor < size:
+        ranges.append((cursor, size, usual))
+    return ranges
+
+
+def _next_start(starts: list[int], value: int, default: int) -> int:
+    index = bisect.bisect_right(starts, value)
+    return starts[index] if index < len(starts) else default
+
+
+def _aligned(start: int, end: int, state: str, address: int) -> tuple[int, int]:
+    """Round a range's start up to the state's instruction alignment (in addresses, not offsets)."""
+    step = 4 if state == ARM else 2
+    return start + (-(address + start) % step), end
+
+
+# --- literal pools ---------------------------------------------------------------------------------
+
+def _arm_literal_words(address: int, word: int) -> tuple[int, ...]:
+    """The addresses of the words a PC-relative ARM load reads (none if it is not one)."""
+    if word >> 28 == 0xF:
+        return ()
+    sign = 1 if word & (1 << 23) else -1
+    if word & ARM_LITERAL_LOAD[0] == ARM_LITERAL_LOAD[1]:
+        return ((address + 8 + sign * (word & 0xFFF)) & ~3,)
+    if word & ARM_VLDR_LITERAL[0] == ARM_VLDR_LITERAL[1]:
+        target = ((address + 8) & ~3) + sign * (word & 0xFF) * 4
+        return (target, target + 4) if word & 0x100 else (target,)
+    if word & ARM_LDRD_LITERAL[0] == ARM_LDRD_LITERAL[1]:
+        target = (address + 8 + sign * ((word >> 4 & 0xF0) | (word & 0xF))) & ~3
+        return target, target + 4
+    if _matches(word, ARM_ADR):
+        # The extent behind an address is unknown; a doubleword covers LDRD/VLDR constants.
+        rotation = (word >> 8 & 0xF) * 2
+        offset = ((word & 0xFF) >> rotation | (word & 0xFF) << (32 - rotation)) & 0xFFFFFFFF
+        target = (address + 8 + sign * offset) & ~3
+        return target, target + 4
+    return ()
+
+
+def _thumb_literal_halfwords(address: int, halfword: int) -> tuple[int, ...]:
+    target = ((address + 4) & ~3) + (halfword & 0xFF) * 4
+    return target, target + 2
+
+
+# --- the scan -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Candidate:
+    address: int
+    state: str
+    code: bytes
+
+
+def _code_ranges(region: _Region, ranges: list[tuple[int, int, str]]) -> Iterator[tuple[int, int, str]]:
+    for start, end, state in ranges:
+        if state != DATA:
+            yield *_aligned(start, end, state, region.address), state
+
+
+def _candidates(region: _Region, ranges: list[tuple[int, int, str]]) -> list[_Candidate]:
+    """The instructions worth decoding, in address order."""
+    found = []
+    for start, end, state in _code_ranges(region, ranges):
+        pattern = ARM_SCAN if state == ARM else THUMB_SCAN
+        for match in pattern.finditer(region.data, start, end):
+            if match.group(1) is not None:
+                found.append(_Candidate(region.address + match.start(1), state, match.group(1)))
+    return found
+
+
+def _pc_relative_data(region: _Region, ranges: list[tuple[int, int, str]]) -> set[int]:
+    """Addresses of the words (Thumb: halfwords) that PC-relative loads and ADR read."""
+    data: set[int] = set()
+    for start, end, state in _code_ranges(region, ranges):
+        pattern, targets = ((ARM_PC_RELATIVE, _arm_literal_words) if state == ARM
+                            else (THUMB_PC_RELATIVE, _thumb_literal_halfwords))
+        for match in pattern.finditer(region.data, start, end):
+            if match.group(1) is not None:
+                data.update(targets(region.address + match.start(1), int.from_bytes(match.group(1), "little")))
+    return data
+
+
+def _code_bytes(ranges: list[tuple[int, int, str]]) -> int:
+    return sum(end - start for start, end, state in ranges if state != DATA)
+
+
+def _enclosing_function(symbols: _SectionSymbols | None, address: int) -> tuple[str | None, int]:
+    if not symbols or not symbols.functions:
+        return None, 0
+    index = bisect.bisect_right(symbols.function_starts, address) - 1
+    if index < 0:
+        return None, 0
+    function = symbols.functions[index]
+    if function.size and address >= function.start + function.size:
+        return None, 0
+    strtab, offset = function.strtab, function.name_offset
+    name = strtab[offset:strtab.find(b"\0", offset)].decode("utf-8", "replace")
+    return name or None, address - function.start
+
+
+def _hit(rule: str, candidate: _Candidate, region: _Region, symbols: _SectionSymbols | None,
+         rules: CodeRules) -> CodeHit:
+    """A listed hit, decoded at its address; a Thumb-2 encoding judged without decoding gets its
+    exact rule (code.neon rather than code.thumb2, say) here."""
+    symbol, offset = _enclosing_function(symbols, candidate.address)
+    insn = decode(candidate.state, candidate.code, candidate.address)
+    if insn is None:
+        return CodeHit(rule=rule, address=candidate.address, section=region.name, state=candidate.state,
+                       mnemonic=".inst", op_str=f"0x{_canonical_word(candidate.state, candidate.code):x}",
+                       symbol=symbol, symbol_offset=offset, groups=())
+    return CodeHit(rule=classify(candidate.state, candidate.code, insn, rules) or rule, address=candidate.address,
+                   section=region.name, state=candidate.state, mnemonic=insn.mnemonic, op_str=insn.op_str,
+                   symbol=symbol, symbol_offset=offset, groups=tuple(GROUP_NAMES.get(g, str(g)) for g in insn.groups))
+
+
+def scan_elf(elf: Any, rules: CodeRules) -> CodeScanResult:
+    """Scan every executable section of a 32-bit ARM ELF (an `elftools.elf.elffile.ELFFile`)."""
+    if elf["e_machine"] != "EM_ARM" or elf.elfclass != 32:
+        raise ValueError(f"the code scan reads 32-bit ARM code, not {elf['e_machine']} ELFCLASS{elf.elfclass}")
+    verdicts = _Verdicts(rules)
+    symbols = _read_symbols(elf)
+    hits: list[CodeHit] = []
+    total = scanned = 0
+    used_mapping = False
+    for region in _executable_regions(elf):
+        section_symbols = symbols.get(region.section_index) if region.section_index is not None else None
+        marks = section_symbols.mapping if section_symbols else []
+        ranges = _mapped_ranges(region, marks) if marks else _unmapped_ranges(region, section_symbols)
+        used_mapping |= bool(marks)
+        scanned += _code_bytes(ranges)
+        flagged = [(c, rule) for c in _candidates(region, ranges) if (rule := verdicts.rule_for(c.state, c.code))]
+        if flagged and not marks:
+            literal = _pc_relative_data(region, ranges)
+            flagged = [(c, rule) for c, rule in flagged if c.address not in literal]
+        total += len(flagged)
+        room = max(0, MAX_HITS_PER_OBJECT - len(hits))
+        hits += [_hit(rule, c, region, section_symbols, rules) for c, rule in flagged[:room]]
+    return CodeScanResult(hits=tuple(hits), total_hits=total, bytes_scanned=scanned,
+                          used_mapping_symbols=used_mapping, undecoded_words=verdicts.undecoded)
