@@ -77,6 +77,16 @@ class GateReport:
     def verdict(self) -> str:
         return "pass" if self.ok else "fail"
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateReport:
+        """The inverse of `to_dict`, for reports kept in the build cache."""
+        def tuples(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(profile=data["profile"], inputs=tuple(data["inputs"]),
+                   objects=tuple(ObjectInfo(**tuples(o)) for o in data["objects"]),
+                   findings=tuple(Finding(**f) for f in data["findings"]),
+                   files_scanned=data["summary"]["files_scanned"])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA_VERSION,

@@ -8,6 +8,7 @@ output directory, so a failing or interrupted build never leaves a payload behin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -90,8 +91,6 @@ def backend_for(recipe: Recipe) -> Backend:
 
 def build_recipe(recipe: Recipe, out_dir: Path) -> BuildResult:
     """Build (or reuse from cache), gate, and publish `out_dir/payload` with its gate report."""
-    from buildkit.archgate.gate import verify_artifacts
-
     backend = backend_for(recipe)
     key = cache_key(recipe, backend.toolchain)
     cached_dir = cache_root() / recipe.kind / key
@@ -99,8 +98,7 @@ def build_recipe(recipe: Recipe, out_dir: Path) -> BuildResult:
     if not cached:
         _assemble_into_cache(backend, cached_dir)
     payload = cached_dir / PAYLOAD_DIR
-    report = verify_artifacts([payload], profile=recipe.gate.profile, scan_code=recipe.gate.scan_code,
-                              extra_waivers=recipe.gate.waivers, display_root=PAYLOAD_DIR)
+    report = _gate_cached(recipe, cached_dir)
     if not report.ok:
         first = report.errors[0]
         raise VerificationFailed(
@@ -115,6 +113,25 @@ def build_recipe(recipe: Recipe, out_dir: Path) -> BuildResult:
         "gate": report.verdict,
     }, indent=2, sort_keys=True).encode() + b"\n")
     return BuildResult(recipe, out_dir / PAYLOAD_DIR, report, backend.toolchain, key, cached)
+
+
+def _gate_cached(recipe: Recipe, cached_dir: Path) -> GateReport:
+    """The gate's verdict on a cached payload, itself cached: the payload cannot change under its
+    key, so the verdict only depends on the policy data in verify/ and the recipe's gate settings."""
+    from buildkit.archgate.gate import verify_artifacts
+    from buildkit.archgate.profile import VERIFY_DIR
+
+    policy = hashlib.sha256(json.dumps({
+        "buildkit": __version__, "verify": tree_digest(VERIFY_DIR), "gate": dataclasses.asdict(recipe.gate),
+    }, sort_keys=True).encode()).hexdigest()
+    verdict_file = cached_dir / f"gate-{policy[:32]}.json"
+    if verdict_file.is_file():
+        return GateReport.from_dict(json.loads(verdict_file.read_text()))
+    report = verify_artifacts([cached_dir / PAYLOAD_DIR], profile=recipe.gate.profile,
+                              scan_code=recipe.gate.scan_code, extra_waivers=recipe.gate.waivers,
+                              display_root=PAYLOAD_DIR)
+    write_bytes_atomic(verdict_file, json.dumps(report.to_dict(), sort_keys=True).encode())
+    return report
 
 
 def _assemble_into_cache(backend: Backend, cached_dir: Path) -> None:

@@ -1,0 +1,475 @@
+"""The package stage: a gated payload tree → what goes on the SD card, signed.
+
+`package_recipe` builds the recipe (build stage, arch gate included), then writes into `out_dir`:
+
+- `<hostname>.apkovl.tar.gz`: the overlay Alpine's initramfs unpacks over its tmpfs root. It is the
+  `rootfs/` skeleton rendered for the recipe (users, OpenRC service and boot gates, firewall,
+  sysctl, runlevels, apk world, the public key); USTAR, sorted, root-owned, mtimes at
+  SOURCE_DATE_EPOCH, gzip without name or mtime.
+- `<name>.squashfs`: the payload image. A read-only squashfs is mounted (loop) on the device, not
+  unpacked into the RAM-backed root, which matters on a 256/512 MB board; it also gives the sandbox
+  a root that cannot be written. It holds the payload plus the mount points the sandbox needs.
+- `manifest.json`: every file of the payload and the overlay (sha256, size, mode), the hashes of the
+  apkovl and the image, the recipe hash, toolchain versions, the gate verdict and waivers used.
+  Canonical form: sorted keys, two-space indent, ASCII, one trailing newline — the boot script
+  reads it with awk and relies on that layout.
+- `manifest.json.minisig` (minisign `ED` signature of the manifest bytes), `buildkit.pub`, and
+  `sdcard/README.txt` (card layout, cmdline.txt and usercfg.txt lines).
+
+The manifest cannot be inside the overlay it describes, so it lives on the boot media next to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import ipaddress
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from buildkit import __version__
+from buildkit.archgate.model import GateReport
+from buildkit.build import BuildResult, build_recipe
+from buildkit.errors import UserError
+from buildkit.fsutil import (
+    atomic_output,
+    gzip_deterministic,
+    normalized_tarinfo,
+    sha256_file,
+    sorted_tree,
+    source_date_epoch,
+    write_bytes_atomic,
+)
+from buildkit.recipe import Recipe
+from buildkit.sign import PublicKey, SecretKey, sign_bytes
+from buildkit.toolchain import require_tool
+
+ROOTFS_DIR = Path(__file__).resolve().parent.parent / "rootfs"
+TEMPLATE_SUFFIX = ".in"
+PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
+MANIFEST_SCHEMA = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.minisig"
+PUBLIC_KEY = "buildkit.pub"
+SDCARD_README = Path("sdcard") / "README.txt"
+DEVICE_MEDIA = "/media/mmcblk0p1"
+OVERLAY_PUBLIC_KEY = "etc/buildkit/buildkit.pub"
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Without SOURCE_DATE_EPOCH, archive mtimes and the device's clock floor (the boot script never
+# accepts an earlier time) are this fixed date, 2026-01-01T00:00:00Z, not 1970: a floor at 0 would
+# accept any clock. Set SOURCE_DATE_EPOCH (e.g. `git log -1 --format=%ct`) to raise it.
+DEFAULT_SOURCE_DATE_EPOCH = 1767225600
+
+# Modes the skeleton cannot carry through git (which keeps only the executable bit).
+MODE_OVERRIDES = {"etc/shadow": 0o640}
+# What bwrap mounts over the read-only image root: the mount points must exist in the image.
+SANDBOX_MOUNT_POINTS = ("proc", "dev", "tmp", "run")
+RESERVED_SANDBOX_PATHS = ("/proc", "/dev", "/run")
+
+# The boot script splits these on whitespace and matches them with awk: keep them to plain words.
+OVERLAY_PATH_RE = re.compile(r"^[A-Za-z0-9._/+-]+$")
+DEVICE_WORD_RE = re.compile(r"^[A-Za-z0-9._/-]+$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9._+~-]+$")
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class OverlayEntry:
+    """One member of the apkovl, already rendered: a directory, a file with its bytes, or a link."""
+
+    path: str
+    kind: Literal["dir", "file", "symlink"]
+    mode: int
+    data: bytes = b""
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    recipe: Recipe
+    out_dir: Path
+    apkovl: Path
+    payload_image: Path
+    manifest: Path
+    signature: Path
+    public_key: Path
+    sdcard_readme: Path
+    manifest_sha256: str
+    source_date_epoch: int
+    build: BuildResult
+
+
+def package_recipe(recipe: Recipe, out_dir: Path, key: SecretKey) -> PackageResult:
+    """Build and gate `recipe`, then write the signed SD-card set into `out_dir`."""
+    check_packageable(recipe)
+    return package_build(build_recipe(recipe, out_dir), out_dir, key)
+
+
+def package_build(build: BuildResult, out_dir: Path, key: SecretKey) -> PackageResult:
+    """Package an already built and gated payload (`build.payload_dir`)."""
+    recipe = build.recipe
+    check_packageable(recipe)
+    epoch = source_date_epoch(default=DEFAULT_SOURCE_DATE_EPOCH)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A signature left from an earlier run must never sit next to a half-written new set.
+    (out_dir / SIGNATURE).unlink(missing_ok=True)
+
+    image_path = out_dir / image_name(recipe)
+    payload_files = build_payload_image(build.payload_dir, recipe, image_path, epoch)
+    overlay = render_overlay(recipe, key.public(), epoch)
+    apkovl_path = write_bytes_atomic(out_dir / apkovl_name(recipe), apkovl_bytes(overlay, epoch))
+
+    manifest = manifest_bytes(build_manifest(build, epoch, overlay, payload_files, apkovl_path, image_path))
+    manifest_path = write_bytes_atomic(out_dir / MANIFEST, manifest)
+    public_path = write_bytes_atomic(out_dir / PUBLIC_KEY, public_key_text(key.public()).encode())
+    readme_path = write_bytes_atomic(out_dir / SDCARD_README, sdcard_readme(recipe).encode())
+    comment = f"file:{MANIFEST}\tpayload:{recipe.name} {recipe.version}\tsource_date_epoch:{epoch}"
+    signature_path = write_bytes_atomic(out_dir / SIGNATURE, sign_bytes(manifest, key, comment).encode())
+    return PackageResult(recipe, out_dir, apkovl_path, image_path, manifest_path, signature_path, public_path,
+                         readme_path, hashlib.sha256(manifest).hexdigest(), epoch, build)
+
+
+def apkovl_name(recipe: Recipe) -> str:
+    return f"{recipe.overlay_hostname}.apkovl.tar.gz"
+
+
+def image_name(recipe: Recipe) -> str:
+    return f"{recipe.name}.squashfs"
+
+
+def public_key_text(public: PublicKey) -> str:
+    return public.to_text("buildkit")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the overlay and the sandbox accept from a recipe
+
+
+def check_packageable(recipe: Recipe) -> None:
+    """The recipe checks that matter only here: values that end up as shell words or accounts."""
+    def fail(key: str, message: str) -> UserError:
+        return UserError(f"{recipe.path}: {key}: {message}")
+
+    if not VERSION_RE.match(recipe.version):
+        raise fail("version", f"{recipe.version!r}: use letters, digits and . _ + ~ - only")
+    user = recipe.run.user
+    if not USER_NAME_RE.match(user.name):
+        raise fail("run.user.name", f"{user.name!r} is not a valid user name (lowercase, digits, '_', '-')")
+    taken_users, taken_groups = base_accounts()
+    if user.name in taken_users.values() or user.uid in taken_users:
+        raise fail("run.user", f"{user.name}/{user.uid} clashes with Alpine's base account "
+                               f"{taken_users.get(user.uid, user.name)}: pick another name and a uid from 1000")
+    if user.gid in taken_groups or user.name in taken_groups.values():
+        raise fail("run.user.gid", f"gid {user.gid} or group {user.name} is taken by Alpine's base group "
+                                   f"{taken_groups.get(user.gid, user.name)}: pick another from 1000")
+    for i, path in enumerate(recipe.run.writable):
+        if not DEVICE_WORD_RE.match(path) or path == "/" or _under(path, RESERVED_SANDBOX_PATHS):
+            raise fail(f"run.writable.{i}", f"{path!r}: expected a path of plain characters [A-Za-z0-9._/-], "
+                                            f"not / and not under {', '.join(RESERVED_SANDBOX_PATHS)}")
+    for name, secret in recipe.secrets.items():
+        if not DEVICE_WORD_RE.match(secret.file):
+            raise fail(f"secrets.{name}.file", f"{secret.file!r}: use plain characters [A-Za-z0-9._/-]")
+    for name in recipe.run.env:
+        if not ENV_NAME_RE.match(name):
+            raise fail(f"run.env.{name}", "not a valid environment variable name")
+
+
+def _under(path: str, roots: Iterable[str]) -> bool:
+    pure = PurePosixPath(path)
+    return any(pure == PurePosixPath(root) or PurePosixPath(root) in pure.parents for root in roots)
+
+
+def base_accounts() -> tuple[dict[int, str], dict[int, str]]:
+    """uid → user and gid → group of the skeleton's fixed accounts (the service user is added)."""
+    def table(name: str) -> dict[int, str]:
+        rows = (line.split(":") for line in (ROOTFS_DIR / "etc" / name).read_text().splitlines()
+                if line and not PLACEHOLDER.search(line))
+        return {int(row[2]): row[0] for row in rows}
+    return table("passwd.in"), table("group.in")
+
+
+# ---------------------------------------------------------------------------------------------
+# The overlay
+
+
+def template_values(recipe: Recipe, public_key: PublicKey, epoch: int) -> dict[str, str]:
+    run, user = recipe.run, recipe.run.user
+    env = {"PATH": DEFAULT_PATH, **run.env}
+    return {
+        "NAME": recipe.name,
+        "VERSION": recipe.version,
+        "HOSTNAME": recipe.overlay_hostname,
+        "PORT": str(run.port),
+        "UID": str(user.uid),
+        "GID": str(user.gid),
+        "BUILD_EPOCH": str(epoch),
+        "IMAGE": image_name(recipe),
+        "NTP_SERVERS": shlex.quote(" ".join(recipe.egress.ntp)),
+        "NTP_PEERS": "".join(f" -p {server}" for server in recipe.egress.ntp),
+        "WRITABLE": shlex.quote(" ".join(run.writable)),
+        "SECRETS": shlex.quote(" ".join(f"{name}:{secret.file}" for name, secret in sorted(recipe.secrets.items()))),
+        "ENV_ARGS": shlex.quote(shlex.join(word for name in sorted(env) for word in ("--setenv", name, env[name]))),
+        "ARGV": shlex.quote(shlex.join((run.entrypoint, *run.args))),
+        "PUBLIC_KEY": public_key_text(public_key).rstrip("\n"),
+        "SERVICE_PASSWD": f"{user.name}:x:{user.uid}:{user.gid}:buildkit payload {recipe.name}:/var/empty:/sbin/nologin",
+        "SERVICE_GROUP": f"{user.name}:x:{user.gid}:",
+        "SERVICE_SHADOW": f"{user.name}:!::0:::::",
+        "EGRESS_RULES": "\n\t\t".join(egress_rules(recipe)),
+    }
+
+
+def egress_rules(recipe: Recipe) -> list[str]:
+    """nftables output rules: DNS (udp+tcp 53) and NTP (udp 123) to the declared addresses, and
+    each telemetry host on its port and protocol. IPv4 and IPv6 need separate matches."""
+    def by_family(addresses: Iterable[str]) -> list[tuple[str, str]]:
+        families: dict[str, list[str]] = {}
+        for address in addresses:
+            family = "ip" if ipaddress.ip_network(address, strict=False).version == 4 else "ip6"
+            families.setdefault(family, []).append(address)
+        return [(family, "{ " + ", ".join(items) + " }") for family, items in sorted(families.items())]
+
+    rules = []
+    for family, addresses in by_family(recipe.egress.dns):
+        rules += [f"{family} daddr {addresses} udp dport 53 accept", f"{family} daddr {addresses} tcp dport 53 accept"]
+    for family, addresses in by_family(recipe.egress.ntp):
+        rules.append(f"{family} daddr {addresses} udp dport 123 accept")
+    for host in recipe.egress.telemetry:
+        for family, addresses in by_family([host.address]):
+            rules.append(f"{family} daddr {addresses} {host.proto} dport {host.port} accept")
+    return rules
+
+
+def render_text(template: str, values: dict[str, str], where: str) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1) not in values:
+            raise UserError(f"{where}: unknown placeholder {match.group(0)}; known: {', '.join(sorted(values))}")
+        return values[match.group(1)]
+    return PLACEHOLDER.sub(substitute, template)
+
+
+def render_overlay(recipe: Recipe, public_key: PublicKey, epoch: int, skeleton: Path = ROOTFS_DIR) -> tuple[OverlayEntry, ...]:
+    """The skeleton rendered for `recipe`: `.in` files and every path and link target go through
+    the placeholder renderer; other files are copied. Sorted by path, parents first."""
+    values = template_values(recipe, public_key, epoch)
+    entries = []
+    for source in sorted_tree(skeleton):
+        rel = source.relative_to(skeleton).as_posix()
+        path = render_text(rel, values, f"{skeleton}/{rel}")
+        if source.is_symlink():
+            target = render_text(str(source.readlink()), values, f"{skeleton}/{rel}")
+            entries.append(OverlayEntry(path, "symlink", 0o777, target=target))
+        elif source.is_dir():
+            entries.append(OverlayEntry(path, "dir", 0o755))
+        else:
+            data = source.read_bytes()
+            if path.endswith(TEMPLATE_SUFFIX):
+                path = path.removesuffix(TEMPLATE_SUFFIX)
+                data = render_text(data.decode(), values, f"{skeleton}/{rel}").encode()
+            mode = MODE_OVERRIDES.get(path, 0o755 if source.stat().st_mode & 0o111 else 0o644)
+            entries.append(OverlayEntry(path, "file", mode, data=data))
+    for entry in entries:
+        if not OVERLAY_PATH_RE.match(entry.path):
+            raise UserError(f"{skeleton}: overlay path {entry.path!r} has characters the boot script cannot check")
+    return tuple(sorted(entries, key=lambda e: e.path))
+
+
+def apkovl_bytes(entries: Iterable[OverlayEntry], epoch: int) -> bytes:
+    """USTAR, paths relative to / without ./, root-owned, mtimes at `epoch`, gzip -n."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for entry in entries:
+            info = tarfile.TarInfo(entry.path)
+            info.mode = entry.mode
+            if entry.kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif entry.kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, entry.target
+            else:
+                info.size = len(entry.data)
+            info = normalized_tarinfo(info, epoch)
+            info.mtime = epoch
+            tar.addfile(info, io.BytesIO(entry.data) if entry.kind == "file" else None)
+    return gzip_deterministic(buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# The payload image
+
+
+def build_payload_image(payload_dir: Path, recipe: Recipe, dest: Path, epoch: int) -> dict[str, dict[str, Any]]:
+    """Write the squashfs image of `payload_dir` plus the sandbox's mount points; return the
+    manifest entries of the files inside it."""
+    mksquashfs = require_tool("mksquashfs")
+    if not payload_dir.is_dir():
+        raise UserError(f"{payload_dir}: no payload tree to package (run `buildkit build` first)")
+    with tempfile.TemporaryDirectory(prefix=".image.", dir=dest.parent) as tmp:
+        tree = Path(tmp) / "root"
+        shutil.copytree(payload_dir, tree, symlinks=True)
+        tree.chmod(0o755)
+        for rel in (*SANDBOX_MOUNT_POINTS, *(p.lstrip("/") for p in recipe.run.writable)):
+            _make_mount_point(tree, rel)
+        entries = tree_entries(tree)
+        # mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times; the times are explicit.
+        env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+        with atomic_output(dest) as part:
+            proc = subprocess.run(
+                [str(mksquashfs), str(tree), str(part), "-noappend", "-reproducible", "-all-root", "-no-xattrs",
+                 "-comp", "xz", "-mkfs-time", str(epoch), "-all-time", str(epoch), "-quiet", "-no-progress"],
+                capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise UserError(f"mksquashfs {payload_dir} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return entries
+
+
+def _make_mount_point(tree: Path, rel: str) -> None:
+    path = tree
+    for part in PurePosixPath(rel).parts:
+        path = path / part
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise UserError(f"payload /{rel}: the sandbox mounts a directory there, but the payload has "
+                            f"a file or link at /{path.relative_to(tree)}")
+        if not path.exists():
+            path.mkdir()
+            path.chmod(0o755)
+
+
+def tree_entries(root: Path) -> dict[str, dict[str, Any]]:
+    """Manifest entries for the regular files and symlinks under `root`."""
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted_tree(root):
+        rel = path.relative_to(root).as_posix()
+        st = path.lstat()
+        if path.is_symlink():
+            entries[rel] = {"type": "symlink", "mode": "0777", "target": str(path.readlink())}
+        elif path.is_file():
+            entries[rel] = {"type": "file", "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size,
+                            "sha256": sha256_file(path)}
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest
+
+
+def overlay_entries(entries: Iterable[OverlayEntry]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if entry.kind == "file":
+            found[entry.path] = {"type": "file", "mode": f"{entry.mode:04o}", "size": len(entry.data),
+                                 "sha256": hashlib.sha256(entry.data).hexdigest()}
+        elif entry.kind == "symlink":
+            found[entry.path] = {"type": "symlink", "mode": "0777", "target": entry.target}
+    return found
+
+
+def gate_summary(report: GateReport) -> dict[str, Any]:
+    waivers = {(f.waiver, f.waiver_reason or "") for f in report.waived if f.waiver}
+    return {
+        "profile": report.profile,
+        "verdict": report.verdict,
+        "objects": len(report.objects),
+        "errors": len(report.errors),
+        "waived_findings": len(report.waived),
+        "waivers": [{"id": wid, "reason": reason} for wid, reason in sorted(waivers)],
+    }
+
+
+def packaging_tools() -> dict[str, str]:
+    proc = subprocess.run([str(require_tool("mksquashfs")), "-version"], capture_output=True, text=True)
+    first = (proc.stdout or proc.stderr).splitlines()
+    return {"mksquashfs": first[0].strip() if first else "unknown"}
+
+
+def build_manifest(build: BuildResult, epoch: int, overlay: Iterable[OverlayEntry],
+                   payload_files: dict[str, dict[str, Any]], apkovl: Path, image: Path) -> dict[str, Any]:
+    recipe = build.recipe
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "name": recipe.name,
+        "version": recipe.version,
+        "hostname": recipe.overlay_hostname,
+        "buildkit_version": __version__,
+        "source_date_epoch": epoch,
+        "recipe": {"name": recipe.name, "kind": recipe.kind, "sha256": recipe.sha256},
+        "toolchain": {"build": dict(build.toolchain), "package": packaging_tools()},
+        "gate": gate_summary(build.gate),
+        "apkovl": {"file": apkovl.name, "sha256": sha256_file(apkovl), "size": apkovl.stat().st_size},
+        "image": {"file": image.name, "format": "squashfs", "compression": "xz",
+                  "sha256": sha256_file(image), "size": image.stat().st_size},
+        "overlay": overlay_entries(overlay),
+        "payload": payload_files,
+    }
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The canonical form that is signed and that the boot script parses."""
+    return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# The SD card
+
+
+SDCARD_TEMPLATE = """\
+SD card for @NAME@ @VERSION@ (hostname @HOSTNAME@), packaged by buildkit
+=====================================================================
+
+1. Start from Alpine Linux's "Raspberry Pi" armhf tarball (alpine-rpi-<version>-armhf.tar.gz),
+   extracted onto the card's first partition (FAT32, /dev/mmcblk0p1). It has the firmware,
+   boot/vmlinuz-rpi, boot/initramfs-rpi, boot/modloop-rpi and the apks/ boot repository.
+
+2. Copy these files to the top level of that partition:
+     @APKOVL@
+         the overlay (configuration), unpacked by the initramfs over the RAM root
+     @IMAGE@
+         the payload image, mounted read-only at /srv/@NAME@ by the @NAME@ service
+     manifest.json, manifest.json.minisig
+         the signed manifest the boot gates check
+   buildkit.pub is inside the overlay (/etc/buildkit/buildkit.pub); keep the copy from the output
+   directory to check a card on a laptop: minisign -Vm manifest.json -p buildkit.pub
+
+3. Secrets are provisioned on the card at flash time, never inside the overlay:
+@SECRET_LINES@
+
+4. Append to the single line of cmdline.txt (pins the overlay: without apkovl= the first
+   *.apkovl.tar.gz found on ANY block device wins):
+     apkovl=mmcblk0p1:vfat:/@APKOVL@
+
+5. Create usercfg.txt (config.txt includes it) to enable the hardware RNG the entropy gate waits for:
+     dtparam=random=on
+
+6. The initramfs installs the overlay's /etc/apk/world at every boot:
+     @WORLD@
+   Each package and its dependencies must be installable then: in the card's apks/armhf/ boot
+   repository or a local apk cache, or through the network with alpine_repo= pointing at a
+   mirror. A package that cannot be installed is only logged to the kernel log, and the @NAME@
+   service then fails (no bwrap, tini-static, setpriv or minisign).
+
+Boot order on the device: sysinit (devfs, mdev, hwdrivers, modloop) -> boot (modules, sysctl,
+hostname, syslog, nftables, networking) -> default (ntpd, @NAME@). The @NAME@ service runs the
+gates entropy -> clock -> integrity and refuses to start the payload if one fails; the reason is in
+the system log (logread) and on the console.
+"""
+
+
+def sdcard_readme(recipe: Recipe) -> str:
+    secrets = [f"     {secret.file}\n         {name}: {secret.description or 'no description'}; bound read-only at "
+               f"/run/secrets/{name}, must be readable by uid {recipe.run.user.uid} (vfat default: it is)"
+               for name, secret in sorted(recipe.secrets.items())]
+    world = (ROOTFS_DIR / "etc/apk/world").read_text().split()
+    return render_text(SDCARD_TEMPLATE, {
+        "NAME": recipe.name, "VERSION": recipe.version, "HOSTNAME": recipe.overlay_hostname,
+        "APKOVL": apkovl_name(recipe), "IMAGE": image_name(recipe), "WORLD": " ".join(world),
+        "SECRET_LINES": "\n".join(secrets) or "     (this payload declares none)",
+    }, "sdcard/README.txt")
