@@ -15,7 +15,7 @@ APT_RUNTIME := python3-venv python3-dev gcc qemu-user qemu-user-static binfmt-su
 	dpkg-dev ca-certificates
 # What only the tests and benchmarks use: cross-compilers for test binaries, linters, an engine.
 APT_TEST := gcc-arm-linux-gnueabi gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu \
-	binutils-arm-linux-gnueabi shellcheck docker.io curl
+	binutils-arm-linux-gnueabi shellcheck docker.io curl zip zstd xz-utils bzip2
 
 .PHONY: all payload test bench smoke sysdeps sysdeps-test venv clean distclean
 
@@ -54,9 +54,15 @@ test: sysdeps-test venv
 bench: sysdeps-test venv
 	$(BIN)/python -m bench
 
+# Package each reference recipe, then boot it on the emulated device (needs root: namespaces,
+# mounts, binfmt_misc). A JUnit report per recipe lands beside its output directory.
+SMOKE_RECIPES ?= hello-go hello-py
+
 smoke: sysdeps venv
-	$(BIN)/buildkit package recipes/hello-go --out $(OUT)/hello-go
-	$(BIN)/buildkit smoke $(OUT)/hello-go
+	@set -e; for name in $(SMOKE_RECIPES); do \
+		$(BIN)/buildkit package recipes/$$name --out $(OUT)/$$name; \
+		$(SUDO) $(BIN)/buildkit smoke $(OUT)/$$name --format junit --output $(OUT)/smoke-$$name.xml; \
+	done
 
 clean:
 	rm -rf $(OUT) .buildkit-cache .pytest_cache
