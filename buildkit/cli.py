@@ -71,14 +71,209 @@ def verify_artifact(
     waiver: Annotated[Optional[list[Path]], typer.Option(help="Extra waiver file (TOML); repeatable.")] = None,
 ) -> None:
     """Gate artifacts against a target profile. Exit 0: compatible; 1: a violation; 2: bad input."""
+    import contextlib
+
+    from rich.console import Console
+
     from buildkit.archgate.gate import verify_artifacts
     from buildkit.archgate.report import emit_report
 
     def action() -> None:
-        report = verify_artifacts(paths, profile=profile, scan_code=scan_code, waiver_files=waiver or [])
+        console = Console(stderr=True)
+        progress = console.status(f"verifying {len(paths)} input(s)") if console.is_terminal else contextlib.nullcontext()
+        with progress:
+            report = verify_artifacts(paths, profile=profile, scan_code=scan_code, waiver_files=waiver or [])
         emit_report(report, fmt.value, output)
         if not report.ok:
             raise typer.Exit(EXIT_VIOLATION)
+
+    _run(action)
+
+
+PassphraseFileOption = Annotated[Optional[Path], typer.Option(
+    help="Read the passphrase from the first line of this file (else $BUILDKIT_KEY_PASSPHRASE, else a prompt).")]
+
+
+@app.command("keygen")
+def keygen(
+    secret_key: Annotated[Path, typer.Option(help="Where to write the secret key (mode 0600).")] = Path("buildkit.key"),
+    public_key: Annotated[Path, typer.Option(help="Where to write the public key.")] = Path("buildkit.pub"),
+    passphrase_file: PassphraseFileOption = None,
+    unencrypted: Annotated[bool, typer.Option(
+        "--unencrypted", help="Store the secret key without a passphrase: only for CI keys kept in a secret store.")] = False,
+    comment: Annotated[str, typer.Option(help="Label in the key files' untrusted comments.")] = "buildkit",
+) -> None:
+    """Create an Ed25519 key pair in minisign's formats. Never overwrites an existing key."""
+    from buildkit import sign
+
+    def action() -> None:
+        if unencrypted and passphrase_file is not None:
+            raise UserError("--unencrypted and --passphrase-file contradict each other: choose one")
+        sign.refuse_existing_keys(secret_key, public_key)
+        if unencrypted:
+            typer.echo("buildkit: WARNING: the secret key is NOT encrypted: whoever can read it can sign. "
+                       "Use --unencrypted only for CI keys kept in a secret store.", err=True)
+        passphrase = None if unencrypted else sign.read_passphrase(
+            passphrase_file, f"the new secret key {secret_key}", confirm=True)
+        public = sign.keygen(secret_key, public_key, passphrase, comment)
+        typer.echo(f"secret key: {secret_key} ({'UNENCRYPTED' if unencrypted else 'encrypted'}, mode 0600)")
+        typer.echo(f"public key: {public_key} (key id {public.key_id})")
+        typer.echo(f"verify with: minisign -Vm <file> -P {public.to_base64()}")
+
+    _run(action)
+
+
+@app.command("sign")
+def sign_files(
+    files: Annotated[list[Path], typer.Argument(help="Files to sign; each gets FILE.minisig beside it.")],
+    key: Annotated[Optional[Path], typer.Option(help="Secret key file (default: $BUILDKIT_KEY).")] = None,
+    passphrase_file: PassphraseFileOption = None,
+    trusted_comment: Annotated[Optional[str], typer.Option(
+        help="The signed comment (default: timestamp:<SOURCE_DATE_EPOCH or now>, file name, 'hashed').")] = None,
+) -> None:
+    """Write minisign signatures (prehashed ED) that `minisign -V` and `buildkit verify signature` check."""
+    from buildkit import sign
+
+    def action() -> None:
+        for file in files:
+            if not file.is_file():
+                raise UserError(f"file to sign {file} not found (or not a regular file)")
+        secret = sign.resolve_signing_key(key, passphrase_file, dev_key_dir=None)
+        for file in files:
+            typer.echo(sign.sign_file(file, secret, trusted_comment))
+
+    _run(action)
+
+
+@verify_app.command("signature")
+def verify_signature(
+    file: Annotated[Path, typer.Argument(help="The signed file.")],
+    public_key: Annotated[Optional[Path], typer.Option(
+        "--public-key", "-p", help="Public key file (default: ./buildkit.pub).")] = None,
+    public_key_base64: Annotated[Optional[str], typer.Option(
+        "--public-key-base64", "-P", help="The public key as its base64 line, as minisign -P takes it.")] = None,
+    signature: Annotated[Optional[Path], typer.Option(
+        "--signature", "-x", help="Signature file (default: FILE.minisig).")] = None,
+) -> None:
+    """Check a minisign signature and print its trusted comment. Exit 0: valid; 1: not valid; 2: bad input."""
+    from buildkit import sign
+
+    def action() -> None:
+        if public_key is not None and public_key_base64 is not None:
+            raise UserError("--public-key and -P both given: choose one")
+        key = sign.load_public_key(public_key_base64 if public_key_base64 is not None
+                                   else public_key or sign.DEFAULT_PUBLIC_KEY)
+        comment = sign.verify_file(file, key, signature)
+        typer.echo(f"signature verified: key {key.key_id}", err=True)
+        typer.echo(comment)
+
+    _run(action)
+
+
+class SmokeFormat(str, Enum):
+    text = "text"
+    junit = "junit"
+
+
+@app.command("smoke")
+def smoke_command(
+    target: Annotated[Path, typer.Argument(help="What `buildkit package` wrote (OUT_DIR), or a RECIPE to package first.")],
+    fmt: Annotated[SmokeFormat, typer.Option("--format", help="Report format.")] = SmokeFormat.text,
+    output: Annotated[Optional[Path], typer.Option(help="Write the report here (the text summary still goes to stdout).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds the payload may take to answer after its start.", min=1)] = 60.0,
+) -> None:
+    """Boot the package the way the Pi would, emulated (root): gates, sandbox, firewall, HTTP. Exit 1 when a check fails."""
+    from buildkit.smoke import emit_smoke, packaged_target, smoke
+
+    def action() -> None:
+        with packaged_target(target) as out_dir:
+            result = smoke(out_dir, timeout=timeout)
+        emit_smoke(result, fmt.value, output)
+        if not result.ok:
+            raise typer.Exit(EXIT_VIOLATION)
+
+    _run(action)
+
+
+@app.command("build")
+def build_command(
+    recipe: Annotated[Path, typer.Argument(help="A recipe.toml, or the directory that holds one.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: out/<recipe name>).")] = None,
+) -> None:
+    """Build a recipe's payload and gate it. Exit 0: built and compatible; 1: the gate refused it; 2: bad input."""
+    import contextlib
+
+    from rich.console import Console
+
+    from buildkit.build import GATE_REPORT, build_recipe
+    from buildkit.recipe import load_recipe
+
+    def action() -> None:
+        loaded = load_recipe(recipe)
+        out_dir = out or Path("out") / loaded.name
+        console = Console(stderr=True)
+        progress = console.status(f"building {loaded.name}") if console.is_terminal else contextlib.nullcontext()
+        with progress:
+            result = build_recipe(loaded, out_dir)
+        gate = result.gate
+        typer.echo(f"payload: {result.payload_dir}" + (" (cached: nothing rebuilt)" if result.cached else ""))
+        typer.echo(f"gate: {gate.verdict} (profile {gate.profile}, {len(gate.objects)} ELF object(s), "
+                   f"{len(gate.errors)} error(s), {len(gate.waived)} waived; report {out_dir / GATE_REPORT})")
+
+    _run(action)
+
+
+@app.command("doctor")
+def doctor_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """List the tools the pipeline uses: found or not, versions, install commands. Exit 1 if a required one is missing."""
+    import json
+
+    from buildkit.doctor import diagnose, render_text
+
+    def action() -> None:
+        report = diagnose()
+        typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_text(report), nl=as_json)
+        if not report.ok:
+            raise typer.Exit(EXIT_VIOLATION)
+
+    _run(action)
+
+
+@app.command("package")
+def package_command(
+    recipe: Annotated[Path, typer.Argument(help="A recipe.toml, or the directory that holds one.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: out/<recipe name>).")] = None,
+    key: Annotated[Optional[Path], typer.Option(
+        help="Secret key file (default: $BUILDKIT_KEY, else a development key in .buildkit/dev-key/).")] = None,
+    passphrase_file: PassphraseFileOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON.")] = False,
+) -> None:
+    """Build, gate, sign and package a recipe: apkovl, payload image, signed manifest. Exit 1: the gate refused it."""
+    import json
+
+    from buildkit.package import package_recipe
+    from buildkit.recipe import load_recipe
+    from buildkit.sign import resolve_signing_key
+
+    def action() -> None:
+        loaded = load_recipe(recipe)
+        out_dir = out or Path("out") / loaded.name
+        secret = resolve_signing_key(key, passphrase_file, dev_key_dir=Path(".buildkit/dev-key"))
+        result = package_recipe(loaded, out_dir, secret)
+        written = {"apkovl": result.apkovl, "payload_image": result.payload_image, "manifest": result.manifest,
+                   "signature": result.signature, "public_key": result.public_key, "sdcard": result.sdcard_readme}
+        if as_json:
+            typer.echo(json.dumps({**{k: str(v) for k, v in written.items()},
+                                   "manifest_sha256": result.manifest_sha256, "key_id": secret.key_id,
+                                   "source_date_epoch": result.source_date_epoch,
+                                   "gate": result.build.gate.verdict}, indent=2, sort_keys=True))
+            return
+        for what, path in written.items():
+            typer.echo(f"{what}: {path}")
+        typer.echo(f"signed by key {secret.key_id}; manifest sha256 {result.manifest_sha256}; "
+                   f"gate {result.build.gate.verdict}; SOURCE_DATE_EPOCH {result.source_date_epoch}")
 
     _run(action)
 

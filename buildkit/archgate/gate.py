@@ -1,0 +1,259 @@
+"""The arch gate: every ELF object in the inputs against a target profile.
+
+Rules per object, in order: it parses (a file that starts with \\x7fELF and does not parse is a
+violation, never a skip); the header; `.ARM.attributes`; without attributes the Go build info;
+and when neither says what the code needs (or `scan_code`), the Capstone scan. Trees then get the
+dynamic-closure check. Waivers turn matching errors into `waived` findings that stay visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO
+
+from elftools.elf.elffile import ELFFile
+
+from buildkit.archgate.closure import LinkFacts, check_closure, link_facts
+from buildkit.archgate.codescan import CodeHit, CodeScanResult, scan_elf
+from buildkit.archgate.elfcheck import (AttributeParseError, ElfFile, Issue, attribute_value, check_attributes,
+                                        check_header, describe_value, float_abi, open_elf, read_attributes)
+from buildkit.archgate.gobuildinfo import GoBuildInfo, read_go_buildinfo, read_go_function_table
+from buildkit.archgate.model import Finding, GateReport, ObjectInfo
+from buildkit.archgate.profile import Profile, Waiver, load_profile, load_waivers
+from buildkit.errors import UserError
+from buildkit.fsutil import sha256_file
+from buildkit.recipe import Waiver as RecipeWaiver
+from buildkit.walk import ArtifactTree, open_artifact
+
+ELF_MAGIC = b"\x7fELF"
+HEADER_IDENTITY_RULES = ("elf.machine", "elf.class", "elf.endian")
+EVIDENCE_HITS = 5
+EVIDENCE_NAMES = 12
+
+
+def verify_artifacts(paths: Sequence[Path], profile: str = "pi1", scan_code: bool = False,
+                     waiver_files: Sequence[Path] = (), extra_waivers: Sequence[RecipeWaiver] = (),
+                     display_root: str | None = None) -> GateReport:
+    """Gate files, trees and archives; `display_root` renames a single input in the findings."""
+    if not paths:
+        raise UserError("verify artifact: no input given: name at least one file, directory or archive")
+    target = load_profile(profile)
+    waivers = load_waivers(target.name, waiver_files, extra_waivers)
+    inputs: list[str] = []
+    objects: list[ObjectInfo] = []
+    findings: list[Finding] = []
+    files = 0
+    for path in paths:
+        display = display_root if display_root is not None and len(paths) == 1 else None
+        with open_artifact(Path(path), display) as tree:
+            result = _gate_tree(tree, target, scan_code, waivers)
+        inputs.append(tree.display)
+        objects.extend(result.objects)
+        findings.extend(result.findings)
+        files += len(tree.files)
+    return GateReport(profile=target.name, inputs=tuple(inputs),
+                      objects=tuple(sorted(objects, key=lambda o: o.path)),
+                      findings=tuple(sorted(findings, key=lambda f: (f.path, f.rule, f.severity))),
+                      files_scanned=files)
+
+
+@dataclass
+class _TreeResult:
+    objects: list[ObjectInfo] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class _ObjectResult:
+    info: ObjectInfo
+    issues: list[Issue] = field(default_factory=list)
+    hits: list[tuple[CodeHit, str | None]] = field(default_factory=list)  # with the symbol as resolved here
+    unlisted_hits: int = 0
+    link: LinkFacts | None = None
+
+
+def _gate_tree(tree: ArtifactTree, profile: Profile, scan_code: bool, waivers: Sequence[Waiver]) -> _TreeResult:
+    result = _TreeResult(findings=list(tree.problems))
+    links: dict[str, LinkFacts] = {}
+    findings = _Findings(tree, profile, waivers)
+    for rel in tree.files:
+        if not _starts_like_elf(tree.root / rel):
+            continue
+        checked = _check_object(tree, rel, profile, scan_code)
+        result.objects.append(checked.info)
+        result.findings.extend(findings.for_object(rel, checked))
+        if checked.link is not None:
+            links[rel] = checked.link
+    if tree.is_tree and not findings.in_wheel:  # a wheel's libraries come from the system it is installed on
+        for rel, issue in check_closure(tree.resolve, links, profile.closure):
+            result.findings.append(findings.from_issue(rel, issue))
+    return result
+
+
+def _starts_like_elf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(ELF_MAGIC)) == ELF_MAGIC
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _check_object(tree: ArtifactTree, rel: str, profile: Profile, scan_code: bool) -> _ObjectResult:
+    """Every rule for one object. Anything that goes wrong while reading it is the `elf.parse`
+    violation: the gate fails closed on what it cannot read."""
+    path = tree.root / rel
+    shown = tree.display_path(rel)
+    digest = sha256_file(path)
+    try:
+        with open(path, "rb") as fh:
+            elf = open_elf(fh, path.stat().st_size)
+            reader = _pyelftools_reader(fh)
+            return _inspect(elf, reader, tree, rel, shown, digest, profile, scan_code)
+    except Exception as exc:  # noqa: BLE001 - pyelftools and the scan raise many kinds on damaged input
+        issue = Issue("elf.parse", "error", f"starts like an ELF but does not parse: {_one_line(exc)}",
+                      {"error": type(exc).__name__, "detail": _one_line(exc)})
+        return _ObjectResult(ObjectInfo(path=shown, sha256=digest, checks=("parse",)), [issue])
+
+
+def _pyelftools_reader(stream: BinaryIO) -> ELFFile:
+    """pyelftools builds every section and segment (dynamic, hash, notes, attributes, ...) and
+    validates each on the way: that it can is what "parses" means for the gate, and the code scan
+    disassembles through the same reader."""
+    stream.seek(0)
+    reader = ELFFile(stream)
+    for _ in reader.iter_sections():
+        pass
+    for _ in reader.iter_segments():
+        pass
+    return reader
+
+
+def _inspect(elf: ElfFile, reader: ELFFile, tree: ArtifactTree, rel: str, shown: str, digest: str,
+             profile: Profile, scan_code: bool) -> _ObjectResult:
+    checks = ["header"]
+    issues = check_header(elf, profile.header)
+    info = ObjectInfo(path=shown, sha256=digest, elf_type=elf.type, machine=elf.machine,
+                      checks=("header",))
+    if any(i.rule in HEADER_IDENTITY_RULES for i in issues):
+        return _ObjectResult(info, issues)
+    attributes = None
+    try:
+        attributes = read_attributes(elf)
+    except AttributeParseError as exc:
+        issues.append(Issue("attr.parse", "error", f".ARM.attributes does not parse: {exc}", {"detail": str(exc)}))
+    if attributes is not None:
+        checks.append("attributes")
+        issues.extend(check_attributes(attributes, profile.attributes))
+    go = read_go_buildinfo(elf)
+    if go is not None:
+        checks.append("go")
+        issues.extend(_check_go(go, profile))
+    result = _ObjectResult(info, issues)
+    if scan_code or (attributes is None and (go is None or go.goarm_level is None)):
+        checks.append("code")
+        _add_code_hits(result, elf, reader, profile, go)
+    abi = float_abi(elf, attributes)
+    facts = link_facts(elf, rel, abi)
+    result.link = facts if tree.is_tree else None
+    cpu = attribute_value(attributes, "TAG_CPU_ARCH")
+    result.info = replace(
+        info, cpu_arch=describe_value("TAG_CPU_ARCH", cpu) if cpu is not None else None, float_abi=abi,
+        interpreter=facts.interpreter, needed=facts.needed, soname=facts.soname,
+        go_version=go.go_version if go else None, goarm=go.goarm if go else None,
+        cgo_enabled=go.cgo_enabled if go else None, checks=tuple(checks))
+    return result
+
+
+def _check_go(go: GoBuildInfo, profile: Profile) -> list[Issue]:
+    level = go.goarm_level
+    if level is None or level in profile.goarm:
+        return []
+    return [Issue("go.goarm", "error",
+                  f"Go binary built with GOARM={go.goarm}; the profile allows GOARM "
+                  f"{', '.join(str(v) for v in sorted(profile.goarm))}",
+                  {"goarm": go.goarm, "go_version": go.go_version, "cgo_enabled": go.cgo_enabled,
+                   "main_path": go.main_path})]
+
+
+def _add_code_hits(result: _ObjectResult, elf: ElfFile, reader: ELFFile, profile: Profile,
+                   go: GoBuildInfo | None) -> None:
+    scan: CodeScanResult = scan_elf(reader, profile.code)
+    go_functions = read_go_function_table(elf) if go and any(h.symbol is None for h in scan.hits) else None
+    for hit in scan.hits:
+        symbol = hit.symbol
+        offset = hit.symbol_offset
+        if symbol is None and go_functions is not None:
+            symbol, offset = go_functions.symbol_at(hit.address) or (None, 0)
+        result.hits.append((hit, _symbol_text(symbol, offset)))
+    result.unlisted_hits = scan.total_hits - len(scan.hits)
+
+
+def _symbol_text(symbol: str | None, offset: int) -> str | None:
+    if symbol is None:
+        return None
+    return f"{symbol}+0x{offset:x}" if offset else symbol
+
+
+class _Findings:
+    """Turns issues and code hits of one tree into findings: paths, hints and waivers."""
+
+    def __init__(self, tree: ArtifactTree, profile: Profile, waivers: Sequence[Waiver]) -> None:
+        self.tree, self.profile, self.waivers = tree, profile, waivers
+        self.in_wheel = tree.display.endswith(".whl")
+
+    def _waiver(self, rule: str, rel: str, symbol: str | None) -> Waiver | None:
+        bare = symbol.split("+0x", 1)[0] if symbol else None
+        return next((w for w in self.waivers if w.matches(rule, rel, bare)), None)
+
+    def _finding(self, rel: str, rule: str, severity: str, message: str, evidence: dict,
+                 waiver: Waiver | None) -> Finding:
+        if waiver is not None and severity == "error":
+            return Finding(self.tree.display_path(rel), rule, "waived", message, evidence,
+                           self.profile.hint(rule, self.in_wheel), waiver.id, waiver.reason)
+        return Finding(self.tree.display_path(rel), rule, severity, message, evidence,  # type: ignore[arg-type]
+                       self.profile.hint(rule, self.in_wheel))
+
+    def from_issue(self, rel: str, issue: Issue) -> Finding:
+        return self._finding(rel, issue.rule, issue.severity, issue.message, issue.evidence,
+                             self._waiver(issue.rule, rel, None))
+
+    def for_object(self, rel: str, checked: _ObjectResult) -> list[Finding]:
+        findings = [self.from_issue(rel, issue) for issue in checked.issues]
+        groups: dict[tuple[str, str | None], list[tuple[CodeHit, str | None]]] = {}
+        for hit, symbol in checked.hits:
+            waiver = self._waiver(hit.rule, rel, symbol)
+            groups.setdefault((hit.rule, waiver.id if waiver else None), []).append((hit, symbol))
+        by_id = {w.id: w for w in self.waivers}
+        for (rule, waiver_id), hits in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            findings.append(self._finding(rel, rule, "error", _hits_message(rule, hits), _hits_evidence(hits),
+                                          by_id.get(waiver_id) if waiver_id else None))
+        if checked.unlisted_hits:
+            findings.append(self._finding(
+                rel, "code.unlisted", "error",
+                f"{checked.unlisted_hits} more instruction(s) above the target that the scan did not list",
+                {"count": checked.unlisted_hits}, self._waiver("code.unlisted", rel, None)))
+        return findings
+
+
+def _hits_message(rule: str, hits: list[tuple[CodeHit, str | None]]) -> str:
+    mnemonics = sorted({h.mnemonic for h, _ in hits})
+    shown = ", ".join(mnemonics[:EVIDENCE_NAMES]) + (", ..." if len(mnemonics) > EVIDENCE_NAMES else "")
+    return f"{len(hits)} instruction(s) the target lacks ({rule}): {shown}"
+
+
+def _hits_evidence(hits: list[tuple[CodeHit, str | None]]) -> dict:
+    return {
+        "count": len(hits),
+        "mnemonics": sorted({h.mnemonic for h, _ in hits}),
+        "symbols": sorted({s.split("+0x", 1)[0] for _, s in hits if s})[:EVIDENCE_NAMES],
+        "hits": [{"address": f"0x{h.address:x}", "section": h.section, "state": h.state,
+                  "instruction": f"{h.mnemonic} {h.op_str}".strip(), "symbol": s, "groups": list(h.groups)}
+                 for h, s in hits[:EVIDENCE_HITS]],
+    }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]

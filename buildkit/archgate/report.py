@@ -1,0 +1,224 @@
+"""The gate report in four forms: a table for people, JSON for programs, SARIF 2.1.0 for code
+scanning (GitHub), JUnit XML for other CI.
+
+JSON is `GateReport.to_dict()` as is (its schema is documented in the README and versioned by
+`schema`). SARIF results point at the artifact file; the member inside an archive is the result's
+logical location. JUnit has one test case per ELF object (and per other path with a finding).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree
+
+from buildkit import __version__
+from buildkit.archgate.model import Finding, GateReport
+from buildkit.errors import UserError
+from buildkit.fsutil import write_bytes_atomic
+
+FORMATS = ("text", "json", "sarif", "junit")
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+INFORMATION_URI = "https://github.com/pisec/buildkit"
+MEMBER_SEPARATOR = "!"
+SARIF_LEVELS = {"error": "error", "waived": "error", "warning": "warning", "info": "note"}
+
+# Rule documentation for SARIF, by rule id or family ("attr.*"); the profile gives the fix.
+RULE_DOCS: dict[str, str] = {
+    "elf.parse": "The file starts like an ELF object but cannot be read: truncated or damaged.",
+    "elf.machine": "The ELF machine is not the target's (e.g. AArch64 or x86-64 instead of 32-bit ARM).",
+    "elf.class": "The ELF class (32/64-bit) is not the target's.",
+    "elf.endian": "The byte order is not the target's.",
+    "elf.eabi": "The ARM EABI version in e_flags is not one the target's userland uses.",
+    "elf.be8": "BE8 (big-endian) code for a little-endian target.",
+    "elf.float_abi": "Both the soft-float and the hard-float e_flags are set.",
+    "attr.parse": "The .ARM.attributes section cannot be read.",
+    "attr.unknown": "A build attribute tag this gate does not know and may not ignore.",
+    "attr.*": "A build attribute (.ARM.attributes) outside the profile's allow-list: the object was "
+              "compiled for a CPU the target is not.",
+    "go.goarm": "A Go binary built for a GOARM level the target cannot run.",
+    "code.unlisted": "More instructions above the target than the scan lists.",
+    "code.*": "Instructions the target CPU does not have, found by disassembling executable sections.",
+    "closure.missing": "A library or interpreter a process needs is not in the tree.",
+    "closure.interpreter": "A dynamic executable names an interpreter (dynamic loader) the target does not run.",
+    "closure.float_abi": "A process would load objects of both float ABIs (soft-float and hard-float).",
+    "walk.*": "An archive member that is unsafe to unpack (absolute path, '..', link out of the tree, device).",
+}
+
+
+def render_report(report: GateReport, fmt: str) -> str:
+    renderers = {"text": render_text, "json": render_json, "sarif": render_sarif, "junit": render_junit}
+    if fmt not in renderers:
+        raise UserError(f"report format {fmt!r}: unknown; use one of: {', '.join(FORMATS)}")
+    return renderers[fmt](report)
+
+
+def emit_report(report: GateReport, fmt: str, output: Path | None) -> None:
+    """Write the report to `output` atomically, or to stdout (a rich table when it is a terminal)."""
+    if output is None and fmt == "text" and sys.stdout.isatty():
+        _print_rich(report)
+        return
+    text = render_report(report, fmt)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        write_bytes_atomic(output, text.encode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"report file {output}: cannot write: {exc.strerror or exc}") from None
+
+
+def render_json(report: GateReport) -> str:
+    return json.dumps(report.to_dict(), indent=2) + "\n"
+
+
+def _summary(report: GateReport) -> str:
+    s = report.to_dict()["summary"]
+    return (f"{report.verdict.upper()}: profile {report.profile}; files {s['files_scanned']}, "
+            f"ELF objects {s['elf_objects']}; errors {s['errors']}, waived {s['waived']}, warnings {s['warnings']}")
+
+
+def _evidence_text(evidence: dict[str, Any]) -> str:
+    parts = []
+    for key, value in evidence.items():
+        if key == "hits":
+            parts.extend(f"{h['address']} {h['instruction']}" + (f" in {h['symbol']}" if h.get("symbol") else "")
+                         for h in value)
+        else:
+            parts.append(f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
+    return "; ".join(parts)
+
+
+def render_text(report: GateReport) -> str:
+    lines = [_summary(report)]
+    for f in report.findings:
+        lines.append(f"{f.severity.upper():8} {f.path}: {f.rule}: {f.message}")
+        if f.evidence:
+            lines.append(f"{'':9}evidence: {_evidence_text(f.evidence)}")
+        if f.waiver:
+            lines.append(f"{'':9}waived by {f.waiver}: {f.waiver_reason}")
+        elif f.hint:
+            lines.append(f"{'':9}fix: {f.hint}")
+    return "\n".join(lines) + "\n"
+
+
+def _print_rich(report: GateReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console()
+    styles = {"error": "bold red", "waived": "yellow", "warning": "magenta", "info": "dim"}
+    if report.findings:
+        table = Table(show_lines=True)
+        for column in ("severity", "object", "rule", "finding", "fix / waiver"):
+            table.add_column(column, overflow="fold")
+        for f in report.findings:
+            detail = Text(f.message)
+            if f.evidence:
+                detail.append("\n" + _evidence_text(f.evidence), style="dim")
+            fix = f"{f.waiver}: {f.waiver_reason}" if f.waiver else f.hint
+            table.add_row(Text(f.severity, style=styles[f.severity]), Text(f.path), Text(f.rule), detail, Text(fix))
+        console.print(table)
+    console.print(Text(_summary(report), style="green" if report.ok else "bold red"))
+
+
+def _rule_doc(rule: str) -> str:
+    return RULE_DOCS.get(rule) or RULE_DOCS.get(rule.split(".", 1)[0] + ".*", "A rule of the arch gate.")
+
+
+def _artifact_and_member(path: str) -> tuple[str, str | None]:
+    artifact, _, member = path.partition(MEMBER_SEPARATOR)
+    return artifact, member or None
+
+
+def render_sarif(report: GateReport) -> str:
+    rule_ids = sorted({f.rule for f in report.findings})
+    index = {rule: i for i, rule in enumerate(rule_ids)}
+    hints = {f.rule: f.hint for f in report.findings if f.hint}
+    rules = [{
+        "id": rule,
+        "name": rule.replace(".", "_"),
+        "shortDescription": {"text": _rule_doc(rule)},
+        "fullDescription": {"text": _rule_doc(rule)},
+        "help": {"text": hints.get(rule) or _rule_doc(rule)},
+        "defaultConfiguration": {"level": "error"},
+        "properties": {"tags": ["arch-gate", report.profile]},
+    } for rule in rule_ids]
+    artifacts = sorted({_artifact_and_member(f.path)[0] for f in report.findings})
+    sarif = {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "buildkit", "version": __version__, "informationUri": INFORMATION_URI,
+                                "rules": rules}},
+            "artifacts": [{"location": {"uri": _uri(a)}} for a in artifacts],
+            "results": [_sarif_result(f, index[f.rule], artifacts.index(_artifact_and_member(f.path)[0]))
+                        for f in report.findings],
+            "properties": {"profile": report.profile, "verdict": report.verdict, "inputs": list(report.inputs)},
+        }],
+    }
+    return json.dumps(sarif, indent=2) + "\n"
+
+
+def _uri(path: str) -> str:
+    return quote(Path(path).as_posix(), safe="/:")
+
+
+def _sarif_result(f: Finding, rule_index: int, artifact_index: int) -> dict[str, Any]:
+    artifact, member = _artifact_and_member(f.path)
+    location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": _uri(artifact),
+                                                                          "index": artifact_index}}}
+    if member:
+        location["logicalLocations"] = [{"fullyQualifiedName": member, "kind": "member"}]
+    text = f"{f.path}: {f.message}" + (f" Fix: {f.hint}" if f.hint and not f.waiver else "")
+    result: dict[str, Any] = {
+        "ruleId": f.rule,
+        "ruleIndex": rule_index,
+        "level": SARIF_LEVELS[f.severity],
+        "message": {"text": text},
+        "locations": [location],
+        "properties": {"severity": f.severity, "evidence": f.evidence},
+    }
+    if f.waiver:
+        result["suppressions"] = [{"kind": "external", "status": "accepted",
+                                   "justification": f"{f.waiver}: {f.waiver_reason}"}]
+    return result
+
+
+def render_junit(report: GateReport) -> str:
+    by_path: dict[str, list[Finding]] = {o.path: [] for o in report.objects}
+    for f in report.findings:
+        by_path.setdefault(f.path, []).append(f)
+    failures = sum(1 for findings in by_path.values() if any(f.severity == "error" for f in findings))
+    suites = ElementTree.Element("testsuites", name="buildkit arch gate", tests=str(len(by_path)),
+                                 failures=str(failures), errors="0")
+    suite = ElementTree.SubElement(suites, "testsuite", name=f"buildkit.verify.{report.profile}",
+                                   tests=str(len(by_path)), failures=str(failures), errors="0", skipped="0")
+    for path in sorted(by_path):
+        case = ElementTree.SubElement(suite, "testcase", classname=f"verify.{report.profile}", name=path)
+        errors = [f for f in by_path[path] if f.severity == "error"]
+        if errors:
+            failure = ElementTree.SubElement(case, "failure", type=errors[0].rule,
+                                             message="; ".join(f"{f.rule}: {f.message}" for f in errors))
+            failure.text = "\n".join(_junit_detail(f) for f in errors)
+        others = [f for f in by_path[path] if f.severity != "error"]
+        if others:
+            ElementTree.SubElement(case, "system-out").text = "\n".join(_junit_detail(f) for f in others)
+    ElementTree.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(suites, encoding="unicode") + "\n"
+
+
+def _junit_detail(f: Finding) -> str:
+    line = f"{f.severity}: {f.rule}: {f.message}"
+    if f.evidence:
+        line += f"\n  evidence: {_evidence_text(f.evidence)}"
+    if f.waiver:
+        line += f"\n  waived by {f.waiver}: {f.waiver_reason}"
+    elif f.hint:
+        line += f"\n  fix: {f.hint}"
+    return line
