@@ -6,6 +6,7 @@ does not pay for the docker SDK or cryptography. Errors map to exit codes in one
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -54,6 +55,14 @@ def _run(action: Callable[[], T]) -> T:
         raise typer.Exit(EXIT_VIOLATION) from None
 
 
+def _progress(message: str) -> contextlib.AbstractContextManager:
+    """A spinner on stderr when it is a terminal; nothing in CI or a pipe."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return console.status(message) if console.is_terminal else contextlib.nullcontext()
+
+
 class ReportFormat(str, Enum):
     text = "text"
     json = "json"
@@ -71,17 +80,11 @@ def verify_artifact(
     waiver: Annotated[Optional[list[Path]], typer.Option(help="Extra waiver file (TOML); repeatable.")] = None,
 ) -> None:
     """Gate artifacts against a target profile. Exit 0: compatible; 1: a violation; 2: bad input."""
-    import contextlib
-
-    from rich.console import Console
-
     from buildkit.archgate.gate import verify_artifacts
     from buildkit.archgate.report import emit_report
 
     def action() -> None:
-        console = Console(stderr=True)
-        progress = console.status(f"verifying {len(paths)} input(s)") if console.is_terminal else contextlib.nullcontext()
-        with progress:
+        with _progress(f"verifying {len(paths)} input(s)"):
             report = verify_artifacts(paths, profile=profile, scan_code=scan_code, waiver_files=waiver or [])
         emit_report(report, fmt.value, output)
         if not report.ok:
@@ -201,19 +204,13 @@ def build_command(
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: out/<recipe name>).")] = None,
 ) -> None:
     """Build a recipe's payload and gate it. Exit 0: built and compatible; 1: the gate refused it; 2: bad input."""
-    import contextlib
-
-    from rich.console import Console
-
     from buildkit.build import GATE_REPORT, build_recipe
     from buildkit.recipe import load_recipe
 
     def action() -> None:
         loaded = load_recipe(recipe)
         out_dir = out or Path("out") / loaded.name
-        console = Console(stderr=True)
-        progress = console.status(f"building {loaded.name}") if console.is_terminal else contextlib.nullcontext()
-        with progress:
+        with _progress(f"building {loaded.name}"):
             result = build_recipe(loaded, out_dir)
         gate = result.gate
         typer.echo(f"payload: {result.payload_dir}" + (" (cached: nothing rebuilt)" if result.cached else ""))
