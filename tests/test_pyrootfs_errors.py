@@ -3,6 +3,8 @@ thing and the fix, and no payload is written."""
 
 from __future__ import annotations
 
+import tarfile
+
 import pytest
 
 from pyrootfs_helpers import armv7l_extension_wheel, pip_from, recipe_variant, session_cache
@@ -50,6 +52,25 @@ def test_armv6l_wheel_built_for_armhf_is_refused(build, tmp_path):
     with pip_from(links):
         message = build(requirements='["fastext"]')
     assert "arm-linux-gnueabihf" in message and "arm-linux-gnueabi (the soft-float ABI" in message
+
+
+def test_source_distribution_is_refused_not_dropped(build, tmp_path, monkeypatch):
+    """pip saves a direct reference to an sdist even when asked for binaries only; it must not
+    vanish from the payload unnoticed."""
+    project = tmp_path / "hellext-1.0"
+    project.mkdir()
+    (project / "setup.py").write_text('from setuptools import Extension, setup\n'
+                                      'setup(name="hellext", version="1.0", ext_modules=[Extension("hellext", ["hellext.c"])])\n')
+    (project / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: hellext\nVersion: 1.0\n")
+    (project / "hellext.c").write_text("int hellext_answer(void) { return 42; }\n")
+    sdist = tmp_path / "hellext-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(project, arcname=project.name)
+    (tmp_path / "links").mkdir()
+    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")  # pip's inverted flag: no isolation, so no index needed
+    with pip_from(tmp_path / "links"):
+        message = build(requirements=f'["hellext @ {sdist.as_uri()}"]')
+    assert "hellext-1.0.tar.gz is a source distribution" in message and "ARMv6" in message
 
 
 def test_unknown_requirement_names_it(build, tmp_path):

@@ -304,6 +304,7 @@ def fetch_wheels(requirements: Sequence[str], base: DebianBase, wheel_dir: Path,
             for wheel in wheels_in(Path(other)):
                 check_wheel(wheel, base, recipe)
         raise
+    refuse_source_distributions(wheel_dir, where)
     wheels = wheels_in(wheel_dir)
     for wheel in wheels:
         check_wheel(wheel, base, recipe)
@@ -314,6 +315,16 @@ def pip_download(requirements: Sequence[str], python: PythonVersion, platforms: 
                  where: str) -> None:
     pip(["download", "--dest", str(dest), *pip_target_options(python, platforms), "--", *requirements],
         where=where, what=f"downloading {', '.join(requirements)}")
+
+
+def refuse_source_distributions(directory: Path, where: str) -> None:
+    """pip saves a direct reference to an sdist even with --only-binary; building it would run its
+    setup code and compiler on the host, for the host, so it is refused instead of silently dropped."""
+    sources = sorted(p.name for p in directory.iterdir() if p.suffix != ".whl")
+    if sources:
+        raise UserError(f"{where}: {sources[0]} is a source distribution; buildkit installs only pure-Python "
+                        "or ARMv6 soft-float wheels: use the distro package, or build the wheel for ARMv6 "
+                        "(arm-linux-gnueabi) and reference the .whl")
 
 
 def wheels_in(directory: Path) -> list[Wheel]:
