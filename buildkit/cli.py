@@ -56,7 +56,10 @@ def _run(action: Callable[[], T]) -> T:
 
 
 def _progress(message: str) -> contextlib.AbstractContextManager:
-    """A spinner on stderr when it is a terminal; nothing in CI or a pipe."""
+    """A spinner on stderr when it is a terminal; nothing in CI or a pipe (and no rich import there:
+    it costs a tenth of a second of start-up)."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
     from rich.console import Console
 
     console = Console(stderr=True)
