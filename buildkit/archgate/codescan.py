@@ -186,6 +186,13 @@ ARM_VLDR_LITERAL = 0x0F3F0E00, 0x0D1F0A00            # VLDR Sd/Dd, [PC, #+-imm8*
 ARM_LDRD_LITERAL = 0x0F7F00F0, 0x014F00D0            # LDRD Rt, Rt2, [PC, #+-imm8]
 ARM_ADR = ((0x0FFF0000, 0x028F0000), (0x0FFF0000, 0x024F0000))   # ADD/SUB Rd, PC, #const
 ARM_PC_RELATIVE = _stepper(b"....", _any_of((ARM_LITERAL_LOAD, ARM_VLDR_LITERAL, ARM_LDRD_LITERAL, *ARM_ADR), 4))
+# GCC's ARM switch dispatch `cmp rI, #N; ldrls pc, [pc, rI, lsl #2]`: after the default-case
+# branch come N+1 words of case addresses (data).
+ARM_TABLE_LOAD = 0x0FFFFFF0, 0x079FF100              # LDR<c> PC, [PC, Rm, LSL #2]
+ARM_CMP_IMMEDIATE = 0x0FF0F000, 0x03500000           # CMP Rn, #const
+ARM_CMP_REGISTER = 0x0FF0FFF0, 0x01500000            # CMP Rn, Rm
+CONDITION_LS = 0x9
+ARM_TABLE_DISPATCH = _stepper(b"....", _le_pattern(*ARM_TABLE_LOAD, 4))
 THUMB_LITERAL_LOAD = 0xF800, 0x4800                   # LDR Rt, [PC, #imm8*4]
 THUMB_PC_RELATIVE = _stepper(b"..", _le_pattern(*THUMB_LITERAL_LOAD, 2), skip=THUMB_32BIT)
 
@@ -427,7 +434,7 @@ def _aligned(start: int, end: int, state: str, address: int) -> tuple[int, int]:
 
 # --- literal pools ---------------------------------------------------------------------------------
 
-def _arm_literal_words(address: int, word: int) -> tuple[int, ...]:
+def _arm_loaded_words(address: int, word: int) -> tuple[int, ...]:
     """The addresses of the words a PC-relative ARM load reads (none if it is not one)."""
     if word >> 28 == 0xF:
         return ()
@@ -440,13 +447,28 @@ def _arm_literal_words(address: int, word: int) -> tuple[int, ...]:
     if word & ARM_LDRD_LITERAL[0] == ARM_LDRD_LITERAL[1]:
         target = (address + 8 + sign * ((word >> 4 & 0xF0) | (word & 0xF))) & ~3
         return target, target + 4
-    if _matches(word, ARM_ADR):
-        # The extent behind an address is unknown; a doubleword covers LDRD/VLDR constants.
-        rotation = (word >> 8 & 0xF) * 2
-        offset = ((word & 0xFF) >> rotation | (word & 0xFF) << (32 - rotation)) & 0xFFFFFFFF
-        target = (address + 8 + sign * offset) & ~3
-        return target, target + 4
     return ()
+
+
+def _arm_adr_target(address: int, word: int) -> int | None:
+    """The address an ADR (ADD/SUB Rd, PC, #const) computes, word-aligned."""
+    if word >> 28 == 0xF or not _matches(word, ARM_ADR):
+        return None
+    sign = 1 if word & (1 << 23) else -1
+    return (address + 8 + sign * _arm_immediate(word)) & ~3
+
+
+def _arm_immediate(word: int) -> int:
+    """A data-processing instruction's rotated 8-bit immediate."""
+    rotation = (word >> 8 & 0xF) * 2
+    return ((word & 0xFF) >> rotation | (word & 0xFF) << (32 - rotation)) & 0xFFFFFFFF
+
+
+def _arm_literal_words(address: int, word: int) -> tuple[int, ...]:
+    """The words a PC-relative load reads, or the doubleword at an ADR's target (the extent behind
+    an address is unknown; a doubleword covers LDRD/VLDR constants)."""
+    target = _arm_adr_target(address, word)
+    return _arm_loaded_words(address, word) if target is None else (target, target + 4)
 
 
 def _thumb_literal_halfwords(address: int, halfword: int) -> tuple[int, ...]:
@@ -490,6 +512,48 @@ def _pc_relative_data(region: _Region, ranges: list[tuple[int, int, str]]) -> se
             if match.group(1) is not None:
                 data.update(targets(region.address + match.start(1), int.from_bytes(match.group(1), "little")))
     return data
+
+
+def _jump_table_words(region: _Region, ranges: list[tuple[int, int, str]]) -> set[int]:
+    """Addresses of the case-address words after each `ldrls pc, [pc, rI, lsl #2]` whose index
+    register a preceding `cmp rI, #N` bounds (a dispatch without that bound marks nothing)."""
+    data: set[int] = set()
+    for start, end, state in _code_ranges(region, ranges):
+        if state != ARM:
+            continue
+        for match in ARM_TABLE_DISPATCH.finditer(region.data, start, end):
+            if match.group(1) is None:
+                continue
+            offset, word = match.start(1), int.from_bytes(match.group(1), "little")
+            cases = _bounding_compare(region.data, offset, word & 0xF)
+            if word >> 28 == CONDITION_LS and cases is not None:
+                table = region.address + offset + 8
+                data.update(range(table, min(table + 4 * (cases + 1), region.address + end), 4))
+    return data
+
+
+def _bounding_compare(data: bytes, offset: int, register: int) -> int | None:
+    """N of the `cmp rI, #N` (or `cmp rI, rN` with rN loaded from a literal pool) just before the
+    dispatch at `offset`."""
+    for back in range(offset - 4, max(offset - 16, -1), -4):
+        word = int.from_bytes(data[back:back + 4], "little")
+        if word >> 16 & 0xF != register:
+            continue
+        if word & ARM_CMP_IMMEDIATE[0] == ARM_CMP_IMMEDIATE[1]:
+            return _arm_immediate(word)
+        if word & ARM_CMP_REGISTER[0] == ARM_CMP_REGISTER[1]:
+            return _literal_in(data, back, word & 0xF)
+    return None
+
+
+def _literal_in(data: bytes, offset: int, register: int) -> int | None:
+    """The pool word an `ldr rR, [pc, #imm]` among the eight words before `offset` loads into rR."""
+    for back in range(offset - 4, max(offset - 36, -1), -4):
+        word = int.from_bytes(data[back:back + 4], "little")
+        if word & 0x0F7F0000 == 0x051F0000 and word >> 12 & 0xF == register and word >> 28 != 0xF:
+            target = back + 8 + (word & 0xFFF if word & (1 << 23) else -(word & 0xFFF))
+            return int.from_bytes(data[target:target + 4], "little") if 0 <= target <= len(data) - 4 else None
+    return None
 
 
 def _code_bytes(ranges: list[tuple[int, int, str]]) -> int:
@@ -542,7 +606,7 @@ def scan_elf(elf: Any, rules: CodeRules) -> CodeScanResult:
         scanned += _code_bytes(ranges)
         flagged = [(c, rule) for c in _candidates(region, ranges) if (rule := verdicts.rule_for(c.state, c.code))]
         if flagged and not marks:
-            literal = _pc_relative_data(region, ranges)
+            literal = _pc_relative_data(region, ranges) | _jump_table_words(region, ranges)
             flagged = [(c, rule) for c, rule in flagged if c.address not in literal]
         total += len(flagged)
         room = max(0, MAX_HITS_PER_OBJECT - len(hits))
