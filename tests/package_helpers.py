@@ -221,3 +221,17 @@ def session_demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
             package = package_payload(recipe_dir, payload, tmp_path_factory.mktemp("out"), key)
         _demos["demo"] = Demo(recipe_dir, payload, key, package)
     return _demos["demo"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Demo:
+    """One packaged demo payload, shared by the session (see `session_demo`)."""
+    return session_demo(tmp_path_factory)
+
+
+@pytest.fixture
+def device(demo):
+    """A scratch device root with the demo package laid out, cleaned up after the test."""
+    with Device(demo.package) as dev:
+        yield dev
+

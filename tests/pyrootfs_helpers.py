@@ -21,7 +21,7 @@ import pytest
 from buildkit.build import BuildResult, build_recipe
 from buildkit.recipe import load_recipe
 from conftest import REPO, require_tools
-from go_helpers import environment
+from go_helpers import RunningService, environment
 
 HELLO_PY = REPO / "recipes" / "hello-py"
 SERVICE_UID = 10001  # recipes/hello-py/recipe.toml run.user
@@ -113,16 +113,6 @@ def sandbox_command(rootfs: Path, argv: Sequence[str], *, binds: dict[str, Path]
 
 def run_in_rootfs(rootfs: Path, argv: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(sandbox_command(rootfs, argv), capture_output=True, text=True, timeout=timeout)
-
-
-@dataclass(frozen=True)
-class RunningService:
-    base_url: str
-    process: subprocess.Popen
-    stderr: Path
-
-    def log(self) -> str:
-        return self.stderr.read_text(errors="replace")
 
 
 @contextlib.contextmanager

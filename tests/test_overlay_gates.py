@@ -10,22 +10,11 @@ import subprocess
 import time
 
 import pytest
-from package_helpers import NAME, Demo, Device, make_key, package_payload, session_demo, source_date_epoch
+from package_helpers import NAME, Device, demo, device, make_key, package_payload, source_date_epoch  # noqa: F401 (fixtures)
 
 from buildkit import sign
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Demo:
-    return session_demo(tmp_path_factory)
-
-
-@pytest.fixture
-def device(demo):
-    with Device(demo.package) as dev:
-        yield dev
 
 
 def assert_refused(dev: Device, result: subprocess.CompletedProcess, reason: str) -> None:

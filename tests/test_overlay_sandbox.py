@@ -8,20 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from package_helpers import Demo, Device, session_demo
+from package_helpers import demo, device  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Demo:
-    return session_demo(tmp_path_factory)
-
-
-@pytest.fixture
-def device(demo):
-    with Device(demo.package) as dev:
-        yield dev
 
 
 def proc_stat(pid: int) -> tuple[str, int, str]:
