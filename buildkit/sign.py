@@ -149,7 +149,7 @@ def _key_exists(path: Path) -> UserError:
 
 
 def load_secret_key(path: Path, passphrase: Callable[[], bytes] | None) -> SecretKey:
-    """Read a minisign secret key; `passphrase` is asked for only when the key is encrypted."""
+    """Read a secret key file in minisign's format; `passphrase` is asked for only when the key is encrypted."""
     blob = _decode_key_file(_read_text(path, "secret key"), SECRET_KEY_BYTES, f"secret key {path}")
     sig_alg, kdf, chk_alg = blob[0:2], blob[2:4], blob[4:6]
     salt = blob[6:6 + SALT_BYTES]
