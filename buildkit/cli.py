@@ -12,9 +12,12 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from buildkit.recipe import Recipe
 
 from buildkit.errors import EXIT_USAGE, EXIT_VIOLATION, UserError, VerificationFailed
 
@@ -201,18 +204,28 @@ def smoke_command(
     _run(action)
 
 
+RecipeArgument = Annotated[Path, typer.Argument(help="A recipe.toml, or the directory that holds one.")]
+OutOption = Annotated[Optional[Path], typer.Option(help="Output directory (default: out/<recipe name>).")]
+
+
+def _load_recipe_and_out(recipe: Path, out: Path | None) -> tuple[Recipe, Path]:
+    """The recipe, and where its outputs go: `--out`, else out/<name>."""
+    from buildkit.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    return loaded, out or Path("out") / loaded.name
+
+
 @app.command("build")
 def build_command(
-    recipe: Annotated[Path, typer.Argument(help="A recipe.toml, or the directory that holds one.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: out/<recipe name>).")] = None,
+    recipe: RecipeArgument,
+    out: OutOption = None,
 ) -> None:
     """Build a recipe's payload and gate it. Exit 0: built and compatible; 1: the gate refused it; 2: bad input."""
     from buildkit.build import GATE_REPORT, build_recipe
-    from buildkit.recipe import load_recipe
 
     def action() -> None:
-        loaded = load_recipe(recipe)
-        out_dir = out or Path("out") / loaded.name
+        loaded, out_dir = _load_recipe_and_out(recipe, out)
         with _progress(f"building {loaded.name}"):
             result = build_recipe(loaded, out_dir)
         gate = result.gate
@@ -243,8 +256,8 @@ def doctor_command(
 
 @app.command("package")
 def package_command(
-    recipe: Annotated[Path, typer.Argument(help="A recipe.toml, or the directory that holds one.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: out/<recipe name>).")] = None,
+    recipe: RecipeArgument,
+    out: OutOption = None,
     key: Annotated[Optional[Path], typer.Option(
         help="Secret key file (default: $BUILDKIT_KEY, else a development key in .buildkit/dev-key/).")] = None,
     passphrase_file: PassphraseFileOption = None,
@@ -254,12 +267,10 @@ def package_command(
     import json
 
     from buildkit.package import package_recipe
-    from buildkit.recipe import load_recipe
     from buildkit.sign import resolve_signing_key
 
     def action() -> None:
-        loaded = load_recipe(recipe)
-        out_dir = out or Path("out") / loaded.name
+        loaded, out_dir = _load_recipe_and_out(recipe, out)
         secret = resolve_signing_key(key, passphrase_file, dev_key_dir=Path(".buildkit/dev-key"))
         result = package_recipe(loaded, out_dir, secret)
         written = {"apkovl": result.apkovl, "payload_image": result.payload_image, "manifest": result.manifest,

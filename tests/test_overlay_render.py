@@ -18,9 +18,8 @@ from package_helpers import (
     NAME,
     RECIPE_TOML,
     SECRET_VALUE,
-    Demo,
+    demo,  # noqa: F401 (fixture)
     apkovl_members,
-    session_demo,
     unpack_like_initramfs,
     write_recipe,
 )
@@ -29,11 +28,6 @@ from buildkit.errors import UserError
 from buildkit.package import DEFAULT_SOURCE_DATE_EPOCH, ROOTFS_DIR, apkovl_bytes, check_packageable, render_overlay
 from buildkit.recipe import load_recipe
 from conftest import require_tools
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Demo:
-    return session_demo(tmp_path_factory)
 
 
 BUSYBOX_LINE = re.compile(r"^(?P<mode>\S{10}) (?P<owner>\S+)\s+(?P<size>\d+) (?P<date>\S+ \S+) (?P<name>.+)$")

@@ -13,20 +13,14 @@ import subprocess
 import pytest
 from package_helpers import (
     NAME,
-    Demo,
+    demo,  # noqa: F401 (fixture)
     package_payload,
-    session_demo,
     source_date_epoch,
     unpack_like_initramfs,
 )
 
 from buildkit.errors import UserError
 from conftest import require_tools
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Demo:
-    return session_demo(tmp_path_factory)
 
 
 EPOCH = 1700000000
