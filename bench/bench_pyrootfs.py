@@ -47,7 +47,7 @@ def main() -> None:
                 os.environ[CACHE_ENV] = saved
     print(f"bench_pyrootfs: hello-py rootfs {size / 2**20:.1f} MiB ({size / 1e6:.1f} MB) in {files} files "
           f"(target <= 25 MB)")
-    print(f"bench_pyrootfs: cold build (empty cache: mmdebstrap download, compile under qemu, gate): {cold:.1f} s")
+    print(f"bench_pyrootfs: cold build (empty cache: mmdebstrap download, host bytecode compile, gate): {cold:.1f} s")
     print(f"bench_pyrootfs: rebuild after an app change (.debs cached): {app_changed:.1f} s")
     print(f"bench_pyrootfs: warm rebuild from cache (cached={again.cached}, gate re-run): {warm:.2f} s "
           f"(target <= 5 s)")

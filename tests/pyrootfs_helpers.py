@@ -217,3 +217,39 @@ def armv7l_extension_wheel(dest: Path, work: Path) -> Path:
 def pip_from(links: Path):
     """pip (as buildkit runs it) reads only the local directory `links`."""
     return environment(PIP_FIND_LINKS=str(links), PIP_NO_INDEX="1")
+
+
+HELLEXT_C = """\
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* Floating point through the C ABI: soft-float on armel, which the gate checks. */
+static PyObject *scaled(PyObject *self, PyObject *arg) {
+    double x = PyFloat_AsDouble(arg);
+    if (x == -1.0 && PyErr_Occurred()) return NULL;
+    return PyFloat_FromDouble(x * 1.5);
+}
+
+static PyMethodDef methods[] = {{"scaled", scaled, METH_O, "x * 1.5"}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "hellext", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_hellext(void) { return PyModule_Create(&module); }
+"""
+
+
+def c_extension_sdist(dest: Path, work: Path, requires: Sequence[str] = ()) -> Path:
+    """hellext-1.0.tar.gz: a setuptools sdist of one C extension module, `hellext.scaled(x)`."""
+    import tarfile
+
+    project = work / "hellext-1.0"
+    project.mkdir(parents=True)
+    (project / "setup.py").write_text(
+        "from setuptools import Extension, setup\n"
+        f"setup(name='hellext', version='1.0', install_requires={list(requires)!r},\n"
+        "      ext_modules=[Extension('hellext', ['hellext.c'])])\n")
+    (project / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: hellext\nVersion: 1.0\n")
+    (project / "hellext.c").write_text(HELLEXT_C)
+    dest.mkdir(parents=True, exist_ok=True)
+    sdist = dest / "hellext-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(project, arcname=project.name)
+    return sdist

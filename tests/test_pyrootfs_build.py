@@ -1,5 +1,5 @@
-"""The Python path, native backend: hello-py built for real (mmdebstrap armel, the target interpreter
-compiling under qemu-arm -cpu arm1176), gated with the closure check, and run as an ARM1176."""
+"""The Python path, native backend: hello-py built for real (mmdebstrap armel, bytecode by a host
+CPython of the target's version, no ARM code run), gated with the closure check, and run as an ARM1176."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def test_pure_wheel_lands_in_dist_packages(tmp_path):
     recipe = load_recipe(recipe_variant(tmp_path / "recipe", requirements='["tinypure"]'))
     base = BASES[recipe.python.base]
     with pip_from(links):
-        wheels = fetch_wheels(recipe.python.requirements, base, tmp_path / "wheels", recipe)
+        wheels = fetch_wheels(recipe.python.requirements, base, tmp_path / "wheels", recipe, None)
         install_wheels(wheels, base.python, rootfs)
     site = rootfs / DIST_PACKAGES
     assert (site / "tinypure/__init__.py").read_bytes() == b"VALUE = 42\n"
@@ -181,6 +181,6 @@ def test_armv6_soft_float_wheel_is_accepted(tmp_path):
     recipe = load_recipe(recipe_variant(tmp_path / "recipe", requirements='["fastext"]'))
     base = BASES[recipe.python.base]
     with pip_from(links):
-        wheels = fetch_wheels(recipe.python.requirements, base, tmp_path / "wheels", recipe)
+        wheels = fetch_wheels(recipe.python.requirements, base, tmp_path / "wheels", recipe, None)
         install_wheels(wheels, base.python, tmp_path / "rootfs")
     assert (tmp_path / "rootfs" / DIST_PACKAGES / "fastext/_fast.cpython-311-arm-linux-gnueabi.so").is_file()

@@ -3,11 +3,12 @@ thing and the fix, and no payload is written."""
 
 from __future__ import annotations
 
-import tarfile
-
 import pytest
 
-from pyrootfs_helpers import armv7l_extension_wheel, pip_from, recipe_variant, session_cache
+from buildkit.build.pyrootfs import PythonVersion, find_host_python
+from buildkit.errors import UserError
+from buildkit.recipe import load_recipe
+from pyrootfs_helpers import armv7l_extension_wheel, c_extension_sdist, pip_from, recipe_variant, session_cache
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def test_armv7l_wheel_is_refused_with_the_hint(build, tmp_path):
     with pip_from(links):
         message = build(requirements='["fastext"]')
     assert wheel.name in message and "linux_armv7l" in message
-    assert "use the distro package, or build it for ARMv6 in the docker backend" in message
+    assert 'use the distro package, or set python.backend = "docker" to build it for ARMv6 from source' in message
 
 
 def test_armv6l_wheel_built_for_armhf_is_refused(build, tmp_path):
@@ -57,20 +58,28 @@ def test_armv6l_wheel_built_for_armhf_is_refused(build, tmp_path):
 def test_source_distribution_is_refused_not_dropped(build, tmp_path, monkeypatch):
     """pip saves a direct reference to an sdist even when asked for binaries only; it must not
     vanish from the payload unnoticed."""
-    project = tmp_path / "hellext-1.0"
-    project.mkdir()
-    (project / "setup.py").write_text('from setuptools import Extension, setup\n'
-                                      'setup(name="hellext", version="1.0", ext_modules=[Extension("hellext", ["hellext.c"])])\n')
-    (project / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: hellext\nVersion: 1.0\n")
-    (project / "hellext.c").write_text("int hellext_answer(void) { return 42; }\n")
-    sdist = tmp_path / "hellext-1.0.tar.gz"
-    with tarfile.open(sdist, "w:gz") as tar:
-        tar.add(project, arcname=project.name)
+    sdist = c_extension_sdist(tmp_path / "sdists", tmp_path)
     (tmp_path / "links").mkdir()
     monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")  # pip's inverted flag: no isolation, so no index needed
     with pip_from(tmp_path / "links"):
         message = build(requirements=f'["hellext @ {sdist.as_uri()}"]')
-    assert "hellext-1.0.tar.gz is a source distribution" in message and "ARMv6" in message
+    assert "hellext-1.0.tar.gz is a source distribution" in message
+    assert 'set python.backend = "docker" to build it for ARMv6' in message
+
+
+def test_source_only_requirement_points_to_the_docker_backend(build, tmp_path, monkeypatch):
+    """An index that has only the sdist: the native backend runs no compiler and says what would."""
+    c_extension_sdist(tmp_path / "links", tmp_path)
+    with pip_from(tmp_path / "links"):
+        message = build(requirements='["hellext"]')
+    assert "no pure-Python or ARMv6 wheel of hellext" in message
+    assert 'python.backend = "docker"' in message
+
+
+def test_native_backend_needs_a_host_python_of_the_target_version(tmp_path):
+    recipe = load_recipe(recipe_variant(tmp_path / "hello-py"))
+    with pytest.raises(UserError, match=r'host CPython 3\.99.*install python3\.99, or set python\.backend = "docker"'):
+        find_host_python(PythonVersion(3, 99), recipe)
 
 
 def test_unknown_requirement_names_it(build, tmp_path):

@@ -11,50 +11,49 @@ Debian armhf is built for ARMv7 and is refused. Both backends assemble the same 
 4. pruning of what a service never needs (docs, man pages, locales, tests, caches, codecs other
    than the Unicode and Western ones, glibc's iconv modules, interactive-only modules, dpkg and its
    state, files copied from the build host), then of the shared libraries nothing needs any more;
-5. .pyc files compiled by the TARGET interpreter itself (`invalidation_mode=UNCHECKED_HASH`,
-   PYTHONHASHSEED=0), running as an ARM1176; the standard library is shipped as bytecode only;
+5. .pyc files (`invalidation_mode=UNCHECKED_HASH`, PYTHONHASHSEED=0); the standard library is
+   shipped as bytecode only;
 6. normalisation: empty mount points, modes, mtimes = SOURCE_DATE_EPOCH.
 
-Only step 5 runs ARM code, and that is where the backends differ: `native` runs the interpreter
-with qemu-arm-static -cpu arm1176 in a bubblewrap sandbox whose / is the rootfs (no daemon);
-`docker` loads the tree as an arm/v5 image into any Docker-API engine and runs it in a container
-(QEMU through binfmt_misc). Compiling with the target interpreter rather than the host's means the
-bytecode is exactly what that interpreter would write, whatever Python runs buildkit.
+`native` (the default) runs no ARM code and needs no daemon: it refuses source distributions and
+compiles the bytecode with a host CPython of the target's X.Y, which writes the same bytes as the
+target interpreter. `docker` runs what needs ARM code in an ARM container of any Docker-API engine
+(QEMU through binfmt_misc, as an ARM1176; see armcontainer.py): it builds the requirements that
+exist only as source distributions into ARMv6 wheels, with Debian armel's compiler, and compiles
+the bytecode with the target interpreter itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
-import io
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 
 from buildkit.build import Backend, cache_root
+from buildkit.build.armcontainer import docker_runner
 from buildkit.errors import UserError
-from buildkit.fsutil import source_date_epoch, tar_tree_deterministic
+from buildkit.fsutil import source_date_epoch
 from buildkit.recipe import Recipe
 from buildkit.toolchain import require_tool
 
 # Bump when the assembly changes what ends up in the tree: it is part of the cache key.
-ASSEMBLY_REVISION = "1"
+ASSEMBLY_REVISION = "2"
 
 DIST_PACKAGES = "usr/lib/python3/dist-packages"
 APP_DIR = "app"
 MOUNT_POINTS = ("dev", "proc", "run", "sys", "tmp")
-ARM_STEP_TIMEOUT = 900.0
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,12 @@ class DebianBase:
     arch: str
     triplet: str
     python: PythonVersion  # the suite's python3: wheels are chosen for it before anything is extracted
+    build_packages: tuple[str, ...]  # what building a C extension from source needs, besides the recipe's
 
 
-BASES = {"debian-bookworm-armel": DebianBase("bookworm", "armel", "arm-linux-gnueabi", PythonVersion(3, 11))}
+BASES = {"debian-bookworm-armel": DebianBase(
+    "bookworm", "armel", "arm-linux-gnueabi", PythonVersion(3, 11),
+    ("gcc", "libc6-dev", "python3.11-dev", "python3-pip", "python3-setuptools", "python3-wheel"))}
 
 REFUSED_BASES = {
     "debian-bookworm-armhf": (
@@ -99,7 +101,7 @@ REFUSED_BASES = {
 ARMV6_WHEEL_PLATFORMS = ("linux_armv6l",)
 OTHER_ARM_WHEEL_PLATFORMS = ("linux_armv7l", "manylinux2014_armv7l", "manylinux_2_17_armv7l",
                              "manylinux_2_31_armv7l", "musllinux_1_1_armv7l", "musllinux_1_2_armv7l")
-WHEEL_HINT = "use the distro package, or build it for ARMv6 in the docker backend"
+WHEEL_HINT = "use the distro package, or set python.backend = \"docker\" to build it for ARMv6 from source"
 
 # Relative to the rootfs. Host files mmdebstrap copies in (hostname, resolv.conf) and apt/dpkg
 # state are not reproducible and mean nothing on the device.
@@ -141,20 +143,41 @@ DLOPENED_LIBRARIES = re.compile(
 # Sourceless .pyc files (legacy layout, beside where the .py was) for the standard library, whose
 # sources would double its size; the app and its wheels keep theirs, with __pycache__.
 COMPILE_SCRIPT = """\
-import compileall, json, py_compile, sys
-mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+import importlib.util, json, os, py_compile, sys
 plan = json.loads(sys.argv[1])
-ok = [compileall.compile_dir(d, quiet=1, force=True, workers=1, invalidation_mode=mode, legacy=legacy)
-      for legacy, dirs in ((True, plan["sourceless"]), (False, plan["cached"])) for d in dirs]
-sys.exit(0 if all(ok) else 1)
+root = plan["root"]
+
+def within_root(path):
+    # The file `path` names once symlinks are followed with `root` as /: never the host's own files.
+    for _ in range(40):
+        if not os.path.islink(path):
+            return path
+        target = os.readlink(path)
+        path = os.path.normpath(os.path.join(root if target.startswith("/") else os.path.dirname(path),
+                                             target.lstrip("/")))
+        if os.path.commonpath([path, root]) != root:
+            sys.exit(f"{path}: a symlink leads out of the tree")
+    sys.exit(f"{path}: symlink loop")
+
+for legacy, tops in ((True, plan["sourceless"]), (False, plan["cached"])):
+    for top in tops:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, top.lstrip("/"))):
+            dirnames.sort()
+            for name in sorted(n for n in filenames if n.endswith(".py")):
+                path = os.path.join(dirpath, name)
+                cfile = path + "c" if legacy else importlib.util.cache_from_source(path)
+                py_compile.compile(within_root(path), cfile=cfile, dfile="/" + os.path.relpath(path, root),
+                                   doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 """
 
 
 class ArmRunner(Protocol):
-    """Runs a program of the rootfs as an ARM1176, with the rootfs as `/`. Files the program
-    creates under `outputs` (absolute paths inside the rootfs) end up in the rootfs on the host."""
+    """Runs a program of a tree as an ARM1176, with the tree as `/` (the docker backend's container).
+    Files the program creates under `outputs` (absolute paths inside the tree) end up in the tree on
+    the host; `what` says what the step is for, in errors."""
 
-    def run(self, rootfs: Path, argv: Sequence[str], env: dict[str, str], outputs: Sequence[str]) -> None: ...
+    def run(self, rootfs: Path, argv: Sequence[str], env: dict[str, str], outputs: Sequence[str],
+            what: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -180,9 +203,11 @@ def python_backend(recipe: Recipe) -> Backend:
         "mmdebstrap": mmdebstrap_version(),
         "pip": importlib.metadata.version("pip"),
     }
+    if settings.backend == "native":
+        toolchain["bytecode"] = f"CPython {find_host_python(base.python, recipe).version}"
 
     def assemble(dest: Path) -> None:
-        runner = docker_runner() if settings.backend == "docker" else QemuSandbox()
+        runner = docker_runner() if settings.backend == "docker" else None
         assemble_rootfs(recipe, base, dest, runner)
 
     return Backend(toolchain=toolchain, assemble=assemble)
@@ -200,17 +225,20 @@ def mmdebstrap_version() -> str:
     return out.splitlines()[0] if out else "unknown"
 
 
-def assemble_rootfs(recipe: Recipe, base: DebianBase, dest: Path, runner: ArmRunner) -> None:
+def assemble_rootfs(recipe: Recipe, base: DebianBase, dest: Path, runner: ArmRunner | None) -> None:
+    """`runner` is the ARM container of the docker backend; None is the native backend, which runs
+    no ARM code: it refuses source distributions and compiles the bytecode with a host CPython of
+    the target's version."""
     settings = recipe.python
-    with fixed_umask(0o022), tempfile.TemporaryDirectory(prefix="buildkit-wheels-") as wheel_dir:
-        wheels = fetch_wheels(settings.requirements, base, Path(wheel_dir), recipe) if settings.requirements else []
-        extract_packages(recipe, base, dest)
+    with fixed_umask(0o022), tempfile.TemporaryDirectory(prefix="buildkit-wheels-") as work:
+        wheels = fetch_wheels(settings.requirements, base, Path(work), recipe, runner) if settings.requirements else []
+        extract_packages(settings.packages, recipe, base, dest)
         require_interpreter(dest, base, recipe)
         if wheels:
             install_wheels(wheels, base.python, dest)
         copy_app(recipe, dest / APP_DIR)
         prune_rootfs(dest, base.python, base, settings.packages)
-        compile_bytecode(dest, base.python, runner)
+        compile_bytecode(dest, base.python, recipe, runner)
         normalize_tree(dest, source_date_epoch())
 
 
@@ -232,41 +260,41 @@ def deb_cache_dir(base: DebianBase) -> Path:
     return path
 
 
-def extract_packages(recipe: Recipe, base: DebianBase, dest: Path) -> None:
-    """mmdebstrap's extract variant; .debs already in the cache are not downloaded again."""
-    settings = recipe.python
+def extract_packages(packages: Sequence[str], recipe: Recipe, base: DebianBase, dest: Path,
+                     field: str = "python.packages") -> None:
+    """mmdebstrap's extract variant; .debs already in the cache are not downloaded again. `field`
+    is the recipe key an error names."""
     mmdebstrap = require_tool("mmdebstrap")
     debs = deb_cache_dir(base)
     archives = "/var/cache/apt/archives/"
     dest.parent.mkdir(parents=True, exist_ok=True)
     argv = [str(mmdebstrap), "--variant=extract", f"--architectures={base.arch}",
-            f"--include={','.join(settings.packages)}",
+            f"--include={','.join(packages)}",
             "--skip=download/empty", "--skip=cleanup/apt/cache",
             f"--setup-hook=mkdir -p \"$1\"{archives}",
             f"--setup-hook=sync-in {debs} {archives}",
-            base.suite, str(dest), settings.mirror]
+            base.suite, str(dest), recipe.python.mirror]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False,
                           env={**os.environ, "LC_ALL": "C.UTF-8"})
     if proc.returncode != 0:
-        raise mmdebstrap_error(proc.stdout + proc.stderr, recipe, base)
+        raise mmdebstrap_error(proc.stdout + proc.stderr, packages, recipe, base, field)
     keep_downloaded_debs(dest / archives.strip("/"), debs)
 
 
-def mmdebstrap_error(output: str, recipe: Recipe, base: DebianBase) -> UserError:
-    settings = recipe.python
+def mmdebstrap_error(output: str, packages: Sequence[str], recipe: Recipe, base: DebianBase,
+                     field: str) -> UserError:
     missing = re.search(r"Unable to locate package (\S+)", output) or re.search(
         r"Package '?([^' ]+)'? has no installation candidate", output)
     if missing:
-        return UserError(f"{recipe.path}: python.packages: Debian {base.suite} {base.arch} has no package "
+        return UserError(f"{recipe.path}: {field}: Debian {base.suite} {base.arch} has no package "
                          f"{missing.group(1)!r}: fix the name (see https://packages.debian.org/{base.suite}/)")
     if re.search(r"Could not (resolve|connect)|Failed to fetch|Temporary failure resolving|Connection "
                  r"(refused|timed out)|Unable to connect", output):
-        return UserError(f"{recipe.path}: python.mirror: Debian mirror {settings.mirror} is unreachable: "
+        return UserError(f"{recipe.path}: python.mirror: Debian mirror {recipe.python.mirror} is unreachable: "
                          f"check the network or set python.mirror to a reachable Debian mirror")
     errors = [line for line in output.splitlines() if line.startswith("E:")]
     last = errors[-1] if errors else (output.strip().splitlines() or ["no output"])[-1]
-    return UserError(f"{recipe.path}: python.packages: mmdebstrap could not extract "
-                     f"{', '.join(settings.packages)}: {last}")
+    return UserError(f"{recipe.path}: {field}: mmdebstrap could not extract {', '.join(packages)}: {last}")
 
 
 def keep_downloaded_debs(archives: Path, cache: Path) -> None:
@@ -286,45 +314,181 @@ def require_interpreter(rootfs: Path, base: DebianBase, recipe: Recipe) -> None:
 
 # 2. Wheels ---------------------------------------------------------------------------------------
 
-def fetch_wheels(requirements: Sequence[str], base: DebianBase, wheel_dir: Path, recipe: Recipe) -> list[Wheel]:
+class MissingWheel(UserError):
+    """pip found nothing it may install for `requirement`."""
+
+    def __init__(self, message: str, requirement: str) -> None:
+        super().__init__(message)
+        self.requirement = requirement
+
+
+def fetch_wheels(requirements: Sequence[str], base: DebianBase, work: Path, recipe: Recipe,
+                 runner: ArmRunner | None) -> list[Wheel]:
     """Download the requirements and their dependencies as wheels for the target, and vet each one.
 
     pip is asked for pure or ARMv6 wheels only (offered an armv7l one too, it would prefer it over a
-    pure one). When that fails, what exists for other ARM platforms is fetched only to name it."""
+    pure one). What exists only as a source distribution is built into an ARMv6 wheel in the ARM
+    container of the docker backend (`runner`), and the requirements are resolved again with the
+    built wheels on offer, so that their own dependencies are fetched too. The native backend
+    refuses source distributions, naming any wheel for another ARM platform that pip passed over."""
     where = f"{recipe.path}: python.requirements"
-    try:
-        pip_download(requirements, base.python, ARMV6_WHEEL_PLATFORMS, wheel_dir, where)
-    except UserError as missing:
-        with tempfile.TemporaryDirectory(prefix="buildkit-other-wheels-") as other:
-            try:
-                pip_download(requirements, base.python, ARMV6_WHEEL_PLATFORMS + OTHER_ARM_WHEEL_PLATFORMS,
-                             Path(other), where)
-            except UserError:
-                raise missing from None
-            for wheel in wheels_in(Path(other)):
-                check_wheel(wheel, base, recipe)
-        raise
-    refuse_source_distributions(wheel_dir, where)
-    wheels = wheels_in(wheel_dir)
+    download, built = work / "download", work / "built"
+    built.mkdir(parents=True, exist_ok=True)
+    wanted, built_names = list(requirements), set[str]()
+    while True:
+        remove(download)
+        try:
+            pip_download(wanted, base.python, ARMV6_WHEEL_PLATFORMS, download, where, links=built)
+        except MissingWheel as missing:
+            if runner is None:
+                raise wheel_for_other_platform(missing, requirements, base, recipe, where) from None
+            sources = [download_source(missing.requirement, work, where)]
+        else:
+            sources = sorted(p for p in download.iterdir() if p.suffix != ".whl")
+            if not sources:
+                break
+            if runner is None:
+                raise source_refused(sources[0].name, where)
+        fresh = build_wheels_from_source(sources, built_names, runner, recipe, base, built)
+        wanted = [pin_built_requirement(r, fresh) for r in wanted]
+    wheels = wheels_in(download)
     for wheel in wheels:
         check_wheel(wheel, base, recipe)
     return wheels
 
 
 def pip_download(requirements: Sequence[str], python: PythonVersion, platforms: Sequence[str], dest: Path,
-                 where: str) -> None:
+                 where: str, links: Path | None = None) -> None:
     pip(["download", "--dest", str(dest), *pip_target_options(python, platforms), "--", *requirements],
-        where=where, what=f"downloading {', '.join(requirements)}")
+        where=where, what=f"downloading {', '.join(requirements)}", links=links)
 
 
-def refuse_source_distributions(directory: Path, where: str) -> None:
-    """pip saves a direct reference to an sdist even with --only-binary; building it would run its
-    setup code and compiler on the host, for the host, so it is refused instead of silently dropped."""
-    sources = sorted(p.name for p in directory.iterdir() if p.suffix != ".whl")
-    if sources:
-        raise UserError(f"{where}: {sources[0]} is a source distribution; buildkit installs only pure-Python "
-                        "or ARMv6 soft-float wheels: use the distro package, or build the wheel for ARMv6 "
-                        "(arm-linux-gnueabi) and reference the .whl")
+def wheel_for_other_platform(missing: MissingWheel, requirements: Sequence[str], base: DebianBase,
+                             recipe: Recipe, where: str) -> UserError:
+    """The refusal of the wheel pip would have taken for another ARM platform, if there is one."""
+    with tempfile.TemporaryDirectory(prefix="buildkit-other-wheels-") as other:
+        try:
+            pip_download(requirements, base.python, ARMV6_WHEEL_PLATFORMS + OTHER_ARM_WHEEL_PLATFORMS,
+                         Path(other), where)
+        except UserError:
+            return missing
+        for wheel in wheels_in(Path(other)):
+            try:
+                check_wheel(wheel, base, recipe)
+            except UserError as refused:
+                return refused
+    return missing
+
+
+def source_refused(name: str, where: str) -> UserError:
+    """Building an sdist runs its compiler: the native backend runs no ARM code, and the host's
+    compiler would build for the host."""
+    return UserError(f"{where}: {name} is a source distribution, which the native backend does not build: "
+                     f"set python.backend = \"docker\" to build it for ARMv6 in an ARM container, "
+                     "or use the distro package")
+
+
+def download_source(requirement: str, work: Path, where: str) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="sdist-", dir=work))
+    try:
+        pip(["download", "--no-deps", "--no-binary=:all:", "--dest", str(dest), "--", requirement],
+            where=where, what=f"downloading the source of {requirement}")
+    except MissingWheel:
+        raise UserError(f"{where}: there is neither a pure-Python or ARMv6 wheel nor a source distribution of "
+                        f"{requirement}: use the distro package (python.packages)") from None
+    downloaded = sorted(dest.iterdir())
+    if len(downloaded) != 1:
+        raise UserError(f"{where}: pip gave {len(downloaded)} files for the source of {requirement}: pin it "
+                        "to one release")
+    return downloaded[0]
+
+
+def distribution_name(filename: str) -> str:
+    """The normalised project name of an sdist or wheel file name (PEP 503)."""
+    from packaging.utils import canonicalize_name
+
+    stem = re.sub(r"\.(tar\.gz|tar\.bz2|tar\.xz|tgz|zip|whl)$", "", filename)
+    return canonicalize_name(stem.split("-")[0] if filename.endswith(".whl") else stem.rsplit("-", 1)[0])
+
+
+def pin_built_requirement(requirement: str, built: Sequence[Wheel]) -> str:
+    """A direct reference to a source distribution that has just been built becomes `name==version`,
+    which pip then takes from the built wheels."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    parsed = Requirement(requirement)
+    if parsed.url is None:
+        return requirement
+    for wheel in built:
+        if distribution_name(wheel.path.name) == canonicalize_name(parsed.name):
+            extras = f"[{','.join(sorted(parsed.extras))}]" if parsed.extras else ""
+            marker = f"; {parsed.marker}" if parsed.marker else ""
+            return f"{parsed.name}{extras}=={wheel.version}{marker}"
+    return requirement
+
+
+# Building from source (docker backend) ------------------------------------------------------------
+
+SOURCE_DIR = "/build/src"
+BUILT_WHEELS_DIR = "/build/wheels"
+
+
+def build_wheels_from_source(sources: Sequence[Path], built_names: set[str], runner: ArmRunner, recipe: Recipe,
+                             base: DebianBase, dest: Path) -> list[Wheel]:
+    """Build each source distribution into a wheel in one ARM container whose tree is the base's
+    compiler and Python headers plus the recipe's packages and build_packages; with QEMU_CPU=arm1176
+    the compiler, pip and everything they start report an ARMv6 machine, so the wheels are tagged
+    linux_armv6l and hold code for Debian's armel target. Compiler paths are mapped away and debug
+    information left out, so that the same source gives the same wheel."""
+    where = f"{recipe.path}: python.requirements"
+    names = [distribution_name(s.name) for s in sources]
+    if again := [s.name for s, n in zip(sources, names) if n in built_names]:
+        raise UserError(f"{where}: the wheel built from {again[0]} is not one pip can install for the target "
+                        "(check its name, version and tags): use the distro package")
+    built_names.update(names)
+    settings = recipe.python
+    with tempfile.TemporaryDirectory(prefix="buildkit-build-root-") as tmp:
+        root = Path(tmp) / "rootfs"
+        packages = dict.fromkeys(base.build_packages + settings.packages + settings.build_packages)
+        extract_packages(list(packages), recipe, base, root, field="python.build_packages")
+        (root / "tmp").mkdir(mode=0o1777, exist_ok=True)
+        directories = [unpack_source(s, root / SOURCE_DIR.lstrip("/"), where) for s in sources]
+        argv = [base.python.interpreter, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                "--no-cache-dir", "--disable-pip-version-check", "--wheel-dir", BUILT_WHEELS_DIR,
+                *(f"{SOURCE_DIR}/{d}" for d in directories)]
+        runner.run(root, argv, env=source_build_environment(), outputs=[BUILT_WHEELS_DIR],
+                   what=f"building {', '.join(s.name for s in sources)} from source")
+        wheels = []
+        for wheel in sorted((root / BUILT_WHEELS_DIR.lstrip("/")).glob("*.whl")):
+            wheels.append(parse_wheel(Path(shutil.move(wheel, dest / wheel.name))))
+    if len(wheels) != len(sources):
+        raise UserError(f"{where}: building {', '.join(s.name for s in sources)} gave {len(wheels)} wheels")
+    return wheels
+
+
+def unpack_source(sdist: Path, dest: Path, where: str) -> str:
+    """The sdist's top directory, unpacked safely under `dest` (a fixed path, so that nothing of the
+    build host's paths reaches the wheel); its name."""
+    from buildkit.walk import open_artifact
+
+    with open_artifact(sdist) as tree:
+        if tree.problems:
+            raise UserError(f"{where}: {sdist.name}: {tree.problems[0].message}")
+        tops = sorted(tree.root.iterdir()) if tree.is_tree else []
+        if len(tops) != 1 or not tops[0].is_dir() or tops[0].is_symlink():
+            raise UserError(f"{where}: {sdist.name} is not a source distribution (one top directory, "
+                            "name-version): rebuild it with `python -m build --sdist`")
+        shutil.copytree(tops[0], dest / tops[0].name, symlinks=True)
+        return tops[0].name
+
+
+def source_build_environment() -> dict[str, str]:
+    return {
+        "SOURCE_DATE_EPOCH": str(source_date_epoch()), "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+        "HOME": "/tmp", "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PIP_ROOT_USER_ACTION": "ignore",
+        "CFLAGS": f"-g0 -ffile-prefix-map={SOURCE_DIR}/=", "CXXFLAGS": f"-g0 -ffile-prefix-map={SOURCE_DIR}/=",
+    }
 
 
 def wheels_in(directory: Path) -> list[Wheel]:
@@ -345,22 +509,25 @@ def install_wheels(wheels: Sequence[Wheel], python: PythonVersion, rootfs: Path)
 def pip_target_options(python: PythonVersion, platforms: Sequence[str]) -> list[str]:
     options = ["--only-binary=:all:", "--python-version", python.xy, "--implementation", "cp",
                "--abi", f"cp{python.major}{python.minor}", "--abi", "abi3", "--abi", "none"]
-    for platform in platforms:
-        options += ["--platform", platform]
+    for tag in platforms:
+        options += ["--platform", tag]
     return options
 
 
-def pip(args: list[str], where: str, what: str) -> None:
+def pip(args: list[str], where: str, what: str, links: Path | None = None) -> None:
+    """pip as a subprocess; `links` is offered as a find-links directory besides any the user set."""
     env = {**os.environ, "PIP_CACHE_DIR": str(cache_root() / "pip"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "PYTHONHASHSEED": "0"}
+    if links is not None:
+        env["PIP_FIND_LINKS"] = " ".join(filter(None, (os.environ.get("PIP_FIND_LINKS"), str(links))))
     proc = subprocess.run([sys.executable, "-m", "pip", "--quiet", *args], capture_output=True, text=True,
                           env=env, check=False)
     if proc.returncode == 0:
         return
     output = proc.stdout + proc.stderr
     if no_match := re.search(r"No matching distribution found for (\S+)", output):
-        raise UserError(f"{where}: no pure-Python or ARMv6 wheel of {no_match.group(1)} for the target's "
-                        f"CPython: {WHEEL_HINT}")
+        raise MissingWheel(f"{where}: no pure-Python or ARMv6 wheel of {no_match.group(1)} for the target's "
+                           f"CPython: {WHEEL_HINT}", no_match.group(1))
     if re.search(r"NewConnectionError|Max retries exceeded|Network is unreachable|Temporary failure in name", output):
         raise UserError(f"{where}: the package index is unreachable while {what}: check the network "
                         f"or PIP_INDEX_URL / PIP_FIND_LINKS")
@@ -525,14 +692,47 @@ def remove(path: Path) -> None:
 
 # 5. Bytecode -------------------------------------------------------------------------------------
 
-def compile_bytecode(rootfs: Path, python: PythonVersion, runner: ArmRunner) -> None:
+@dataclass(frozen=True)
+class HostPython:
+    path: str
+    version: str
+
+
+def find_host_python(python: PythonVersion, recipe: Recipe) -> HostPython:
+    """A host CPython of the target's X.Y: same magic number, same compiler, same bytecode as the
+    target interpreter would write (the tests compare the two backends' trees byte for byte)."""
+    if sys.implementation.name == "cpython" and sys.version_info[:2] == (python.major, python.minor):
+        return HostPython(sys.executable, platform.python_version())
+    found = shutil.which(f"python{python.xy}")
+    probe = subprocess.run([found, "-c", "import platform; print(platform.python_implementation(), "
+                                         "platform.python_version())"],
+                           capture_output=True, text=True, check=False) if found else None
+    implementation, _, version = (probe.stdout.strip() if probe and probe.returncode == 0 else "").partition(" ")
+    if implementation != "CPython" or not version.startswith(f"{python.xy}."):
+        raise UserError(f"{recipe.path}: python.backend = \"native\" compiles the bytecode with a host CPython "
+                        f"{python.xy}, the target's version, and there is none (this is Python "
+                        f"{platform.python_version()}): install python{python.xy}, or set python.backend = \"docker\"")
+    return HostPython(found, version)
+
+
+def compile_bytecode(rootfs: Path, python: PythonVersion, recipe: Recipe, runner: ArmRunner | None) -> None:
+    """The standard library sourceless, the app and dist-packages with __pycache__: by the target
+    interpreter in the ARM container (docker), or by a host CPython of the same version (native)."""
     present = [d for d in ("/" + DIST_PACKAGES, "/" + APP_DIR) if (rootfs / d.lstrip("/")).is_dir()]
     plan = {"sourceless": ["/" + python.stdlib], "cached": present}
     # PYTHONHASHSEED fixes the order of frozenset constants in the marshalled code; without
     # PYTHONDONTWRITEBYTECODE the compiler's own imports would leave timestamp-based caches.
     env = {"PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"}
-    runner.run(rootfs, [python.interpreter, "-s", "-c", COMPILE_SCRIPT, json.dumps(plan)], env=env,
-               outputs=["/" + python.stdlib, *present])
+    if runner is None:
+        host = find_host_python(python, recipe)
+        argv = [host.path, "-s", "-c", COMPILE_SCRIPT, json.dumps({**plan, "root": str(rootfs.resolve())})]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            raise UserError(f"{rootfs}: compiling the Python code with {host.path} failed: {tail}")
+    else:
+        runner.run(rootfs, [python.interpreter, "-s", "-c", COMPILE_SCRIPT, json.dumps({**plan, "root": "/"})],
+                   env=env, outputs=["/" + python.stdlib, *present], what="compiling the Python code")
     drop_compiled_sources(rootfs / python.stdlib)
 
 
@@ -541,42 +741,6 @@ def drop_compiled_sources(top: Path) -> None:
         for name in filenames:
             if name.endswith(".py") and name + "c" in filenames:
                 (Path(dirpath) / name).unlink()
-
-
-@dataclass(frozen=True)
-class QemuSandbox:
-    """The native runner: qemu-arm-static -cpu arm1176 inside bubblewrap, the rootfs bound read-write
-    as `/`, so what the program writes lands in the tree directly."""
-
-    timeout: float = ARM_STEP_TIMEOUT
-
-    def run(self, rootfs: Path, argv: Sequence[str], env: dict[str, str], outputs: Sequence[str]) -> None:
-        qemu = find_qemu_static()
-        bwrap = require_tool("bwrap")
-        for mount_point in MOUNT_POINTS:
-            (rootfs / mount_point).mkdir(exist_ok=True)
-        command = [str(bwrap), "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev",
-                   "--tmpfs", "/tmp", "--ro-bind", str(qemu), "/tmp/qemu-arm-static",
-                   "--unshare-all", "--die-with-parent", "--clearenv"]
-        for key, value in sorted(env.items()):
-            command += ["--setenv", key, value]
-        command += ["/tmp/qemu-arm-static", "-cpu", "arm1176", *argv]
-        try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise UserError(f"{argv[0]} under qemu-arm -cpu arm1176 did not finish in {self.timeout:.0f} s") from None
-        if proc.returncode != 0:
-            raise arm_step_error(argv, proc.returncode, proc.stdout + proc.stderr)
-
-
-def find_qemu_static() -> Path:
-    return require_tool("qemu-arm-static")
-
-
-def arm_step_error(argv: Sequence[str], returncode: int, output: str) -> UserError:
-    tail = " | ".join(line.strip() for line in output.strip().splitlines()[-4:]) or "no output"
-    return UserError(f"{argv[0]} (as an ARM1176) failed with exit code {returncode} while compiling the "
-                     f"Python code: {tail}")
 
 
 # 6. Normalisation --------------------------------------------------------------------------------
@@ -598,129 +762,3 @@ def normalize_tree(rootfs: Path, epoch: int) -> None:
         for name in filenames + dirnames:
             os.utime(Path(dirpath) / name, (epoch, epoch), follow_symlinks=False)
     os.utime(rootfs, (epoch, epoch))
-
-
-# The docker backend ------------------------------------------------------------------------------
-
-IMAGE_REPOSITORY = "buildkit-pyrootfs"
-ENGINE_HINT = ("start a Docker-API engine (dockerd, or `podman system service`) and point DOCKER_HOST at it, "
-               "or set python.backend = \"native\"")
-
-
-def docker_runner() -> DockerRunner:
-    """Connect to the engine of DOCKER_HOST (or the default socket) and check binfmt_misc first, so
-    that a missing engine or QEMU handler is reported before anything is downloaded."""
-    import docker
-    from docker.errors import DockerException
-
-    where = os.environ.get("DOCKER_HOST") or "the default socket (unix:///var/run/docker.sock)"
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except DockerException as exc:
-        raise UserError(f"no Docker-API engine at {where} ({first_line(exc)}): {ENGINE_HINT}") from None
-    check_binfmt_qemu_arm()
-    return DockerRunner(client)
-
-
-def check_binfmt_qemu_arm(binfmt_dir: Path | None = None) -> None:
-    from buildkit.doctor import BINFMT_DIR, binfmt_status
-
-    status = binfmt_status(binfmt_dir or BINFMT_DIR)
-    if not status.enabled or "F" not in (status.flags or ""):
-        raise UserError(
-            "binfmt_misc has no enabled qemu-arm handler with the F flag, so the engine cannot run ARM "
-            f"containers: as root run `{status.fix}` (apt-get install qemu-user-static binfmt-support)")
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-@dataclass(frozen=True)
-class DockerRunner:
-    """The docker runner: the tree becomes an arm/v5 image (a docker-archive, so that the platform is
-    kept without a registry), the program runs in a container with an init (an emulated PID 1 hangs
-    on SIGILL), QEMU_CPU=arm1176, no network and a timeout; the files it creates under `outputs` are
-    copied back into the tree."""
-
-    client: object
-    timeout: float = ARM_STEP_TIMEOUT
-
-    def run(self, rootfs: Path, argv: Sequence[str], env: dict[str, str], outputs: Sequence[str]) -> None:
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-
-        image = load_rootfs_image(self.client, rootfs)
-        container = None
-        try:
-            container = self.client.containers.create(
-                image, command=list(argv), environment={**env, "QEMU_CPU": "arm1176"}, init=True,
-                network_mode="none", platform="linux/arm/v5", working_dir="/")
-            container.start()
-            try:
-                status = container.wait(timeout=self.timeout)
-            except RequestException:
-                raise UserError(f"{argv[0]} in the ARM container did not finish in {self.timeout:.0f} s") from None
-            if status.get("StatusCode") != 0:
-                raise arm_step_error(argv, status.get("StatusCode"), container.logs().decode(errors="replace"))
-            for output in outputs:
-                copy_new_files_out(container, output, rootfs)
-        except DockerException as exc:
-            raise UserError(f"the Docker-API engine failed: {first_line(exc)}: {ENGINE_HINT}") from None
-        finally:
-            if container is not None:
-                container.remove(force=True)
-            self.client.images.remove(image, force=True, noprune=False)
-
-
-def load_rootfs_image(client, rootfs: Path) -> str:
-    layer = tar_tree_deterministic(rootfs, source_date_epoch(), fmt=tarfile.PAX_FORMAT)
-    tag = f"{IMAGE_REPOSITORY}:{hashlib.sha256(layer).hexdigest()[:16]}"
-    client.images.load(docker_archive(layer, tag))
-    return tag
-
-
-def docker_archive(layer: bytes, tag: str) -> bytes:
-    """A `docker save` archive of one layer whose config says linux/arm/v5."""
-    layer_id = hashlib.sha256(layer).hexdigest()
-    config = json.dumps({
-        "architecture": "arm", "variant": "v5", "os": "linux", "created": "1970-01-01T00:00:00Z",
-        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Cmd": ["/usr/bin/python3"]},
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
-    }, sort_keys=True).encode()
-    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
-    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": [f"{layer_id}/layer.tar"]}]).encode()
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in ((config_name, config), (f"{layer_id}/layer.tar", layer), ("manifest.json", manifest)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
-def copy_new_files_out(container, output: str, rootfs: Path) -> None:
-    """Bring back the regular files and directories the step added under `output`; what was already
-    in the tree is left as it is."""
-    stream, _ = container.get_archive(output)
-    with tempfile.TemporaryFile() as spool:
-        for chunk in stream:
-            spool.write(chunk)
-        spool.seek(0)
-        parent = rootfs / PurePosixPath(output).parent.relative_to("/")
-        inside = rootfs.resolve()
-        with tarfile.open(fileobj=spool, mode="r:") as tar:
-            for member in tar:
-                target = parent / member.name
-                if ".." in PurePosixPath(member.name).parts or member.name.startswith("/") or \
-                        not target.parent.resolve().is_relative_to(inside):
-                    raise UserError(f"the ARM container returned an unsafe path {member.name!r}")
-                if target.exists() or target.is_symlink():
-                    continue
-                if member.isdir():
-                    target.mkdir(mode=0o755)
-                elif member.isreg():
-                    with tar.extractfile(member) as src, open(target, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    os.chmod(target, member.mode & 0o755)
