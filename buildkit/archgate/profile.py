@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from elftools.elf.enums import ENUM_ATTR_TAG_ARM
 
-from buildkit.archgate.codescan import CodeRules
+from buildkit.archgate.coderules import CodeRules
 from buildkit.errors import UserError
 from buildkit.recipe import Waiver as RecipeWaiver
 
