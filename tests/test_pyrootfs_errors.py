@@ -76,6 +76,11 @@ def test_source_only_requirement_points_to_the_docker_backend(build, tmp_path, m
     assert 'python.backend = "docker"' in message
 
 
+def test_build_packages_without_the_docker_backend_are_refused(build):
+    message = build(build_packages='["libffi-dev"]')
+    assert "python.build_packages" in message and 'python.backend = "docker"' in message
+
+
 def test_native_backend_needs_a_host_python_of_the_target_version(tmp_path):
     recipe = load_recipe(recipe_variant(tmp_path / "hello-py"))
     with pytest.raises(UserError, match=r'host CPython 3\.99.*install python3\.99, or set python\.backend = "docker"'):

@@ -203,6 +203,9 @@ def python_backend(recipe: Recipe) -> Backend:
         "mmdebstrap": mmdebstrap_version(),
         "pip": importlib.metadata.version("pip"),
     }
+    if settings.backend == "native" and settings.build_packages:
+        raise UserError(f"{recipe.path}: python.build_packages is only for building source distributions, which "
+                        "only the docker backend does: set python.backend = \"docker\" or remove build_packages")
     if settings.backend == "native":
         toolchain["bytecode"] = f"CPython {find_host_python(base.python, recipe).version}"
 
