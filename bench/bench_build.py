@@ -3,14 +3,13 @@ library for ARMv6 too), a warm build (source changed, Go's own cache kept), and 
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from buildkit.archgate.gate import verify_artifacts
-from buildkit.build import CACHE_ENV, build_recipe
+from bench import scratch_with_empty_cache
+from buildkit.build import build_recipe
 from buildkit.recipe import load_recipe
 
 HELLO_GO = Path(__file__).resolve().parent.parent / "recipes" / "hello-go"
@@ -33,23 +32,14 @@ def timed_gate(payload: Path) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-build.") as tmp:
-        work = Path(tmp)
-        saved = os.environ.get(CACHE_ENV)
-        os.environ[CACHE_ENV] = str(work / "cache")
-        try:
-            cold, _, size = timed_build(HELLO_GO, work / "out")
-            noop, cached, _ = timed_build(HELLO_GO, work / "out")
-            gate = timed_gate(work / "out" / "payload")
-            changed = work / "hello-go"
-            shutil.copytree(HELLO_GO, changed)
-            (changed / "bench.go").write_text("package main\n\nconst benchMarker = 1\n")
-            warm, _, _ = timed_build(changed, work / "out-changed")
-        finally:
-            if saved is None:
-                os.environ.pop(CACHE_ENV, None)
-            else:
-                os.environ[CACHE_ENV] = saved
+    with scratch_with_empty_cache("bench-build.") as work:
+        cold, _, size = timed_build(HELLO_GO, work / "out")
+        noop, cached, _ = timed_build(HELLO_GO, work / "out")
+        gate = timed_gate(work / "out" / "payload")
+        changed = work / "hello-go"
+        shutil.copytree(HELLO_GO, changed)
+        (changed / "bench.go").write_text("package main\n\nconst benchMarker = 1\n")
+        warm, _, _ = timed_build(changed, work / "out-changed")
     print(f"bench_build: hello-go binary {size / 1e6:.2f} MB (GOARM=6, static, stripped)")
     print(f"bench_build: cold build (empty cache, compile + gate): {cold:.2f} s")
     print(f"bench_build: warm build (source changed, Go cache kept): {warm:.2f} s")

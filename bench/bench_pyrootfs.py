@@ -4,13 +4,12 @@ a warm rebuild from the cache (target <= 5 s: the payload is reused, the gate re
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from buildkit.build import CACHE_ENV, BuildResult, build_recipe
+from bench import scratch_with_empty_cache
+from buildkit.build import BuildResult, build_recipe
 from buildkit.recipe import load_recipe
 
 HELLO_PY = Path(__file__).resolve().parent.parent / "recipes" / "hello-py"
@@ -28,23 +27,14 @@ def rootfs_size(root: Path) -> tuple[int, int]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-pyrootfs.") as tmp:
-        work = Path(tmp)
-        saved = os.environ.get(CACHE_ENV)
-        os.environ[CACHE_ENV] = str(work / "cache")
-        try:
-            cold, result = timed_build(HELLO_PY, work / "out")
-            warm, again = timed_build(HELLO_PY, work / "out")
-            changed = work / "hello-py"
-            shutil.copytree(HELLO_PY, changed, ignore=shutil.ignore_patterns("__pycache__"))
-            (changed / "hellopy" / "bench_marker.py").write_text("MARKER = 1\n")
-            app_changed, _ = timed_build(changed, work / "out-changed")
-            size, files = rootfs_size(result.payload_dir)
-        finally:
-            if saved is None:
-                os.environ.pop(CACHE_ENV, None)
-            else:
-                os.environ[CACHE_ENV] = saved
+    with scratch_with_empty_cache("bench-pyrootfs.") as work:
+        cold, result = timed_build(HELLO_PY, work / "out")
+        warm, again = timed_build(HELLO_PY, work / "out")
+        changed = work / "hello-py"
+        shutil.copytree(HELLO_PY, changed, ignore=shutil.ignore_patterns("__pycache__"))
+        (changed / "hellopy" / "bench_marker.py").write_text("MARKER = 1\n")
+        app_changed, _ = timed_build(changed, work / "out-changed")
+        size, files = rootfs_size(result.payload_dir)
     print(f"bench_pyrootfs: hello-py rootfs {size / 2**20:.1f} MiB ({size / 1e6:.1f} MB) in {files} files "
           f"(target <= 25 MB)")
     print(f"bench_pyrootfs: cold build (empty cache: mmdebstrap download, host bytecode compile, gate): {cold:.1f} s")
