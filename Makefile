@@ -15,9 +15,10 @@ APT_RUNTIME := python3-venv python3-dev gcc qemu-user qemu-user-static binfmt-su
 	dpkg-dev ca-certificates
 # What only the tests and benchmarks use: cross-compilers for test binaries, linters, an engine.
 APT_TEST := gcc-arm-linux-gnueabi gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu \
+	libc6-dev-armel-cross libc6-dev-armhf-cross libc6-dev-arm64-cross \
 	binutils-arm-linux-gnueabi shellcheck docker.io curl zip zstd xz-utils bzip2
 
-.PHONY: all payload test bench smoke sysdeps sysdeps-test venv clean distclean
+.PHONY: all payload test test-unit lint bench smoke sysdeps sysdeps-test venv clean distclean
 
 all: payload
 
@@ -48,8 +49,17 @@ sysdeps-test: sysdeps
 payload: sysdeps venv
 	$(BIN)/buildkit package $(RECIPE) --out $(OUT)
 
-test: sysdeps-test venv
+test: sysdeps-test venv lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# ruff (lint + format) and mypy, configured in pyproject.toml.
+lint: venv
+	$(BIN)/ruff check buildkit bench tests
+	$(BIN)/ruff format --check buildkit bench tests
+	$(BIN)/mypy
+
+test-unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 bench: sysdeps-test venv
 	$(BIN)/python -m bench

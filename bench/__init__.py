@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from buildkit.build import CACHE_ENV
+from buildkit.context import CACHE_ENV
 
 
 @contextlib.contextmanager

@@ -29,8 +29,9 @@ def main(argv: list[str]) -> int:
         except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
             traceback.print_exc()
             failed.append(name)
-        print(f"=== bench_{name}: {time.monotonic() - start:.1f} s{' (FAILED)' if name in failed else ''} ===",
-              flush=True)
+        print(
+            f"=== bench_{name}: {time.monotonic() - start:.1f} s{' (FAILED)' if name in failed else ''} ===", flush=True
+        )
     return 1 if failed else 0
 
 

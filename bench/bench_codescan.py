@@ -25,10 +25,17 @@ GOAL = 0.10
 
 def apt_options(state: Path) -> list[str]:
     """apt-get options for armel packages with every list, cache and status file under `state`."""
-    return ["-oAPT::Architecture=armel", "-oAPT::Architectures=armel", "-oAPT::Sandbox::User=root",
-            f"-oDir::State::Lists={state / 'lists'}", f"-oDir::Cache={state / 'cache'}",
-            f"-oDir::State::status={state / 'status'}", f"-oDir::Etc::SourceList={state / 'sources.list'}",
-            f"-oDir::Etc::SourceParts={state / 'sources.list.d'}", "-qq"]
+    return [
+        "-oAPT::Architecture=armel",
+        "-oAPT::Architectures=armel",
+        "-oAPT::Sandbox::User=root",
+        f"-oDir::State::Lists={state / 'lists'}",
+        f"-oDir::Cache={state / 'cache'}",
+        f"-oDir::State::status={state / 'status'}",
+        f"-oDir::Etc::SourceList={state / 'sources.list'}",
+        f"-oDir::Etc::SourceParts={state / 'sources.list.d'}",
+        "-qq",
+    ]
 
 
 def fetch_libcrypto() -> Path:
@@ -42,8 +49,7 @@ def fetch_libcrypto() -> Path:
     (state / "sources.list").write_text(MIRROR)
     options = apt_options(state)
     subprocess.run(["apt-get", *options, "update"], check=True, capture_output=True, timeout=600)
-    subprocess.run(["apt-get", *options, "download", PACKAGE], cwd=CACHE, check=True, capture_output=True,
-                   timeout=600)
+    subprocess.run(["apt-get", *options, "download", PACKAGE], cwd=CACHE, check=True, capture_output=True, timeout=600)
     (deb,) = CACHE.glob("libssl3_*_armel.deb")
     subprocess.run(["dpkg-deb", "-x", str(deb), str(CACHE / "root")], check=True, timeout=120)
     return target
@@ -78,10 +84,11 @@ def main() -> None:
     warm = min(timed_scan(library, rules)[0] for _ in range(3))
     objdump = timed_objdump(library)
     rules_found = ", ".join(f"{rule} {n}" for rule, n in sorted(Counter(h.rule for h in result.hits).items()))
-    print(f"codescan: {library.name} from {PACKAGE}: {result.bytes_scanned / 1e6:.2f} MB of code, "
-          f"{result.total_hits} hits ({rules_found or 'none'}), {result.undecoded_words} undecoded candidate words")
-    print(f"codescan: scan_elf {cold:.3f} s first call, {warm:.3f} s best of 3; "
-          f"objdump -d {objdump:.3f} s")
+    print(
+        f"codescan: {library.name} from {PACKAGE}: {result.bytes_scanned / 1e6:.2f} MB of code, "
+        f"{result.total_hits} hits ({rules_found or 'none'}), {result.undecoded_words} undecoded candidate words"
+    )
+    print(f"codescan: scan_elf {cold:.3f} s first call, {warm:.3f} s best of 3; objdump -d {objdump:.3f} s")
     print(f"codescan: ratio {cold / objdump:.3f} (first call) / {warm / objdump:.3f} (best); goal <= {GOAL:.2f}")
 
 

@@ -39,8 +39,19 @@ def armel_tree() -> Path:
     staging = CACHE / "armel-rootfs.partial"
     shutil.rmtree(staging, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(require_tool("mmdebstrap")), "--quiet", "--variant=extract", "--architectures=armel",
-                    f"--include={','.join(PACKAGES)}", "bookworm", str(staging), MIRROR], check=True)
+    subprocess.run(
+        [
+            str(require_tool("mmdebstrap")),
+            "--quiet",
+            "--variant=extract",
+            "--architectures=armel",
+            f"--include={','.join(PACKAGES)}",
+            "bookworm",
+            str(staging),
+            MIRROR,
+        ],
+        check=True,
+    )
     shutil.rmtree(staging / "dev", ignore_errors=True)  # device nodes: a payload has none, the walker reports them
     os.replace(staging, TREE)
     return TREE
@@ -85,6 +96,7 @@ def gate_cli(target: Path) -> Callable[[], int]:
         if code not in (0, 1):
             raise RuntimeError(f"the gate exited {code} on {target}")
         return code
+
     return run
 
 
@@ -94,6 +106,7 @@ def readelf_loop(files: list[Path]) -> Callable[[], None]:
 
     def run() -> None:
         subprocess.run(["bash", "-c", READELF_LOOP, readelf], input=listing, check=True)
+
     return run
 
 
@@ -114,18 +127,28 @@ def main() -> None:
     smallest = min(files, key=lambda path: path.stat().st_size)
     _, startup_best, _ = best_and_median(gate_cli(smallest))
     ratio = gate_best / loop_best
-    print(f"bench_gate: tree {tree.relative_to(REPO)}: {count_files(tree)} files, {len(files)} ELF objects "
-          f"(Debian bookworm armel: {', '.join(PACKAGES)} and their dependencies); gate verdict {verdict}")
-    print(f"bench_gate: gate CLI, directory (interpreter start included): best {gate_best:.2f} s, "
-          f"median {gate_median:.2f} s of {ROUNDS}")
-    print(f"bench_gate: readelf -h -A loop, one process per ELF file:   best {loop_best:.2f} s, "
-          f"median {loop_median:.2f} s of {ROUNDS}")
+    print(
+        f"bench_gate: tree {tree.relative_to(REPO)}: {count_files(tree)} files, {len(files)} ELF objects "
+        f"(Debian bookworm armel: {', '.join(PACKAGES)} and their dependencies); gate verdict {verdict}"
+    )
+    print(
+        f"bench_gate: gate CLI, directory (interpreter start included): best {gate_best:.2f} s, "
+        f"median {gate_median:.2f} s of {ROUNDS}"
+    )
+    print(
+        f"bench_gate: readelf -h -A loop, one process per ELF file:   best {loop_best:.2f} s, "
+        f"median {loop_median:.2f} s of {ROUNDS}"
+    )
     met = "met" if ratio <= GOAL else "not met"
     print(f"bench_gate: ratio gate / readelf loop: {ratio:.2f} (goal <= {GOAL}: {met})")
-    print(f"bench_gate: gate CLI on one small ELF ({smallest.name}, {smallest.stat().st_size} bytes; "
-          f"start-up cost): best {startup_best:.2f} s")
-    print(f"bench_gate: gate CLI on the same tree as a .tar.gz ({TREE_ARCHIVE.stat().st_size / 1e6:.1f} MB, "
-          f"unpacked by the walker): best {archive_best:.2f} s")
+    print(
+        f"bench_gate: gate CLI on one small ELF ({smallest.name}, {smallest.stat().st_size} bytes; "
+        f"start-up cost): best {startup_best:.2f} s"
+    )
+    print(
+        f"bench_gate: gate CLI on the same tree as a .tar.gz ({TREE_ARCHIVE.stat().st_size / 1e6:.1f} MB, "
+        f"unpacked by the walker): best {archive_best:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from buildkit import sign
 from buildkit.archgate.model import GateReport
-from buildkit.build import BuildResult
+from buildkit.build.stage import BuildResult
+from buildkit.context import build_context
 from buildkit.package import package_build
 from buildkit.recipe import load_recipe
 
@@ -46,21 +47,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-package.") as tmp:
         work = Path(tmp)
         payload = work / "payload"
-        shutil.copytree(stdlib, payload / "usr/lib/python3", symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "test", "site-packages"))
+        shutil.copytree(
+            stdlib,
+            payload / "usr/lib/python3",
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__", "test", "site-packages"),
+        )
         count, size = tree_size(payload)
         (work / "recipe").mkdir()
         (work / "recipe" / "recipe.toml").write_text(RECIPE)
         sign.keygen(work / "k.key", work / "k.pub", passphrase=None)
         key = sign.load_secret_key(work / "k.key", passphrase=None)
-        build = BuildResult(load_recipe(work / "recipe"), payload, GateReport("pi1", (), (), ()), {}, "", False)
+        ctx = build_context(load_recipe(work / "recipe"), work / "out")
+        build = BuildResult(ctx, payload, GateReport("pi1", (), (), ()), {}, "", False)
 
-        result, seconds = timed(lambda: package_build(build, work / "out", key))
+        result, seconds = timed(lambda: package_build(build, key))
         image = result.payload_image.stat().st_size
         print(f"payload tree:      {count} files, {size / 1e6:.1f} MB (what a tmpfs copy would take from RAM)")
         print(f"package_build:     {seconds:.2f} s total (mksquashfs -comp xz on {os.cpu_count()} cores)")
-        print(f"payload image:     {image / 1e6:.1f} MB squashfs xz ({100 * image / size:.0f}% of the tree; "
-              "mounted, not copied into RAM)")
+        print(
+            f"payload image:     {image / 1e6:.1f} MB squashfs xz ({100 * image / size:.0f}% of the tree; "
+            "mounted, not copied into RAM)"
+        )
         print(f"apkovl:            {result.apkovl.stat().st_size} bytes")
         print(f"manifest.json:     {result.manifest.stat().st_size / 1e3:.1f} kB")
 
@@ -71,14 +79,24 @@ def main() -> None:
         root = work / "root"
         root.mkdir()
         subprocess.run(["busybox", "tar", "-C", str(root), "-xzf", str(result.apkovl)], check=True)
-        env = {**os.environ, "BK_ROOT": str(root), "BK_MEDIA": str(result.out_dir), "BK_NTPD": "true",
-               "BK_LOGGER": "true"}
+        env = {
+            **os.environ,
+            "BK_ROOT": str(root),
+            "BK_MEDIA": str(result.out_dir),
+            "BK_NTPD": "true",
+            "BK_LOGGER": "true",
+        }
         script = root / "usr/libexec/buildkit/payload"
-        gates, seconds = timed(lambda: subprocess.run(["busybox", "sh", str(script), "gates", "bench"], env=env,
-                                                      capture_output=True, text=True))
+        gates, seconds = timed(
+            lambda: subprocess.run(
+                ["busybox", "sh", str(script), "gates", "bench"], env=env, capture_output=True, text=True
+            )
+        )
         status = "passed" if gates.returncode == 0 else f"FAILED: {gates.stderr.strip()}"
-        print(f"boot gates:        {seconds:.2f} s under busybox sh on this host ({status}; hashes "
-              f"{(image + result.apkovl.stat().st_size) / 1e6:.1f} MB + the overlay)")
+        print(
+            f"boot gates:        {seconds:.2f} s under busybox sh on this host ({status}; hashes "
+            f"{(image + result.apkovl.stat().st_size) / 1e6:.1f} MB + the overlay)"
+        )
         print(f"host load average: {os.getloadavg()[0]:.1f} (timings above are wall clock)")
 
 

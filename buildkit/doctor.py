@@ -9,23 +9,23 @@ so its absence is advice, not a failure.
 
 from __future__ import annotations
 
+import os
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from buildkit.build.go import go_environment
-from buildkit.toolchain import TOOLS, Tool, find_tool
+from buildkit.host import BINFMT_FIX, BinfmtEntry, qemu_arm_entry
+from buildkit.toolchain import TOOLS, Tool, find_tool, go_environment
 
 OPTIONAL = {
     "mmdebstrap": "only for Python recipes",
     "dockerd": "only for the Python docker backend",
     "minisign": "only to cross-check signatures with the reference tool",
 }
-BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-BINFMT_FIX = ("mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; update-binfmts --enable qemu-arm "
-              "(buildkit smoke does this when run as root)")
 VERSION_TIMEOUT_S = 10
+# Nothing can be created below /dev/null, not even by root: Go, asked for its version, then writes
+# no state (no telemetry counters, no detached upload process outliving a temporary directory).
+GO_STATELESS = Path(os.devnull)
 
 
 @dataclass(frozen=True)
@@ -41,19 +41,9 @@ class ToolStatus:
 
 
 @dataclass(frozen=True)
-class BinfmtStatus:
-    mounted: bool
-    registered: bool
-    enabled: bool
-    interpreter: str | None
-    flags: str | None
-    fix: str
-
-
-@dataclass(frozen=True)
 class DoctorReport:
     tools: tuple[ToolStatus, ...]
-    binfmt: BinfmtStatus
+    binfmt: BinfmtEntry
 
     @property
     def missing_required(self) -> tuple[str, ...]:
@@ -64,12 +54,16 @@ class DoctorReport:
         return not self.missing_required
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "missing_required": list(self.missing_required),
-                "tools": [asdict(t) for t in self.tools], "binfmt_qemu_arm": asdict(self.binfmt)}
+        return {
+            "ok": self.ok,
+            "missing_required": list(self.missing_required),
+            "tools": [asdict(t) for t in self.tools],
+            "binfmt_qemu_arm": {**asdict(self.binfmt), "fix": BINFMT_FIX},
+        }
 
 
 def diagnose() -> DoctorReport:
-    return DoctorReport(tools=tuple(tool_status(tool) for tool in TOOLS.values()), binfmt=binfmt_status())
+    return DoctorReport(tools=tuple(tool_status(tool) for tool in TOOLS.values()), binfmt=qemu_arm_entry())
 
 
 def tool_status(tool: Tool) -> ToolStatus:
@@ -77,44 +71,33 @@ def tool_status(tool: Tool) -> ToolStatus:
     if path is not None and not path.is_file():  # e.g. BUILDKIT_GO naming nothing
         path = None
     return ToolStatus(
-        name=tool.name, purpose=tool.purpose, required=tool.name not in OPTIONAL,
-        found=path is not None, path=str(path) if path else None,
+        name=tool.name,
+        purpose=tool.purpose,
+        required=tool.name not in OPTIONAL,
+        found=path is not None,
+        path=str(path) if path else None,
         version=tool_version(tool, path) if path else None,
-        install=tool.install, note=OPTIONAL.get(tool.name, ""))
+        install=tool.install,
+        note=OPTIONAL.get(tool.name, ""),
+    )
 
 
 def tool_version(tool: Tool, path: Path) -> str:
     """The first line the tool prints for its version flag (some print it on stderr, some exit 1)."""
-    with tempfile.TemporaryDirectory(prefix="buildkit-doctor.") as scratch:
-        # Go as the build runs it (offline, no user settings), leaving no state behind.
-        env = go_environment(Path(scratch)) if tool.name == "go" else None
-        try:
-            proc = subprocess.run([str(path), *tool.version_args], capture_output=True, text=True, env=env,
-                                  timeout=VERSION_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"unknown ({type(exc).__name__})"
+    env = go_environment(GO_STATELESS) if tool.name == "go" else None  # Go as the build runs it
+    try:
+        proc = subprocess.run(
+            [str(path), *tool.version_args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=VERSION_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({type(exc).__name__})"
     lines = [line.strip() for line in (proc.stdout + "\n" + proc.stderr).splitlines() if line.strip()]
     return lines[0] if lines else "unknown"
-
-
-def binfmt_status(binfmt_dir: Path = BINFMT_DIR) -> BinfmtStatus:
-    mounted = (binfmt_dir / "status").exists()
-    entry = binfmt_dir / "qemu-arm"
-    fields = parse_binfmt_entry(entry.read_text()) if mounted and entry.is_file() else {}
-    return BinfmtStatus(mounted=mounted, registered=bool(fields), enabled=fields.get("state") == "enabled",
-                        interpreter=fields.get("interpreter"), flags=fields.get("flags"), fix=BINFMT_FIX)
-
-
-def parse_binfmt_entry(text: str) -> dict[str, str]:
-    """`enabled` / `interpreter /usr/libexec/...` / `flags: PF` → {"state": ..., "interpreter": ..., "flags": ...}."""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if line in ("enabled", "disabled"):
-            fields["state"] = line
-        else:
-            key, _, value = line.partition(" ")
-            fields[key.rstrip(":")] = value.strip()
-    return fields
 
 
 def render_text(report: DoctorReport) -> str:
@@ -131,8 +114,9 @@ def render_text(report: DoctorReport) -> str:
         lines.append(f"ok       binfmt qemu-arm: enabled, {b.interpreter} (flags {b.flags})")
     else:
         state = "disabled" if b.registered else "not registered" if b.mounted else "binfmt_misc not mounted"
-        lines.append(f"note     binfmt qemu-arm: {state}; to run ARM binaries directly: {b.fix}")
-    verdict = ("all required tools found" if report.ok
-               else f"missing required tools: {', '.join(report.missing_required)}")
+        lines.append(f"note     binfmt qemu-arm: {state}; to run ARM binaries directly: {BINFMT_FIX}")
+    verdict = (
+        "all required tools found" if report.ok else f"missing required tools: {', '.join(report.missing_required)}"
+    )
     lines.append(verdict)
     return "\n".join(lines) + "\n"

@@ -20,11 +20,15 @@ from pathlib import Path
 
 from buildkit.errors import UserError
 
-DEFAULT_EPOCH = 0
+# Without SOURCE_DATE_EPOCH, archive mtimes and the device's clock floor (the boot script never
+# accepts an earlier time) are this fixed date, 2026-01-01T00:00:00Z, not 1970: a floor at 0 would
+# accept any clock. Set SOURCE_DATE_EPOCH (e.g. `git log -1 --format=%ct`) to raise it.
+DEFAULT_EPOCH = 1767225600
 
 
 def source_date_epoch(default: int = DEFAULT_EPOCH) -> int:
-    """SOURCE_DATE_EPOCH from the environment; a malformed value is an error, as in apko."""
+    """SOURCE_DATE_EPOCH from the environment; a malformed value is an error, as in apko. Builds read
+    it once, into their context; `buildkit sign` alone defaults to the clock."""
     raw = os.environ.get("SOURCE_DATE_EPOCH")
     if raw is None or raw == "":
         return default

@@ -2,10 +2,11 @@
 
 `package_recipe` builds the recipe (build stage, arch gate included), then writes into `out_dir`:
 
-- `<hostname>.apkovl.tar.gz`: the overlay Alpine's initramfs unpacks over its tmpfs root. It is the
-  `rootfs/` skeleton rendered for the recipe (users, OpenRC service and boot gates, firewall,
-  sysctl, runlevels, apk world, the public key); USTAR, sorted, root-owned, mtimes at
-  SOURCE_DATE_EPOCH, gzip without name or mtime.
+- `<hostname>.apkovl.tar.gz`: the overlay Alpine's initramfs unpacks over its tmpfs root. It is
+  `rootfs/base/` plus the selected features (`rootfs/features/<name>/`: the payload's OpenRC service
+  and boot gates, the firewall, ...) rendered for the recipe, with the runlevel links and the apk
+  world the features declare; USTAR, sorted, root-owned, mtimes at SOURCE_DATE_EPOCH, gzip without
+  name or mtime.
 - `<name>.squashfs`: the payload image. A read-only squashfs is mounted (loop) on the device, not
   unpacked into the RAM-backed root, which matters on a 256/512 MB board; it also gives the sandbox
   a root that cannot be written. It holds the payload plus the mount points the sandbox needs.
@@ -37,51 +38,37 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from buildkit import __version__
+from buildkit import __version__, layout
 from buildkit.archgate.model import GateReport
-from buildkit.build import BuildResult, build_recipe
+from buildkit.build.stage import BuildResult, build_recipe
+from buildkit.context import BuildContext
 from buildkit.errors import UserError
+from buildkit.features import FEATURE_FILE, Feature, apk_world, selected_features
 from buildkit.fsutil import (
     atomic_output,
     gzip_deterministic,
     normalized_tarinfo,
     sha256_file,
     sorted_tree,
-    source_date_epoch,
     write_bytes_atomic,
 )
-from buildkit.recipe import Recipe
+from buildkit.layout import MANIFEST, PUBLIC_KEY, SDCARD_README, SIGNATURE
+from buildkit.recipe import SECRET_MOUNT, Recipe
 from buildkit.sign import PublicKey, SecretKey, sign_bytes
 from buildkit.toolchain import require_tool
 
-ROOTFS_DIR = Path(__file__).resolve().parent.parent / "rootfs"
 TEMPLATE_SUFFIX = ".in"
 PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 MANIFEST_SCHEMA = 1
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.json.minisig"
-PUBLIC_KEY = "buildkit.pub"
-SDCARD_README = Path("sdcard") / "README.txt"
-DEVICE_MEDIA = "/media/mmcblk0p1"
-OVERLAY_PUBLIC_KEY = "etc/buildkit/buildkit.pub"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-# Without SOURCE_DATE_EPOCH, archive mtimes and the device's clock floor (the boot script never
-# accepts an earlier time) are this fixed date, 2026-01-01T00:00:00Z, not 1970: a floor at 0 would
-# accept any clock. Set SOURCE_DATE_EPOCH (e.g. `git log -1 --format=%ct`) to raise it.
-DEFAULT_SOURCE_DATE_EPOCH = 1767225600
 
 # Modes the skeleton cannot carry through git (which keeps only the executable bit).
 MODE_OVERRIDES = {"etc/shadow": 0o640}
 # What bwrap mounts over the read-only image root: the mount points must exist in the image.
 SANDBOX_MOUNT_POINTS = ("proc", "dev", "tmp", "run")
-RESERVED_SANDBOX_PATHS = ("/proc", "/dev", "/run")
 
-# The boot script splits these on whitespace and matches them with awk: keep them to plain words.
-OVERLAY_PATH_RE = re.compile(r"^[A-Za-z0-9._/+-]+$")
-DEVICE_WORD_RE = re.compile(r"^[A-Za-z0-9._/-]+$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9._+~-]+$")
-USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The boot script splits overlay paths on whitespace and matches them with awk: plain words only.
+OVERLAY_PATH_RE = re.compile(r"[A-Za-z0-9._/+-]+")
 
 
 @dataclass(frozen=True)
@@ -108,44 +95,56 @@ class PackageResult:
     manifest_sha256: str
     source_date_epoch: int
     build: BuildResult
+    key_id: str
 
 
-def package_recipe(recipe: Recipe, out_dir: Path, key: SecretKey) -> PackageResult:
-    """Build and gate `recipe`, then write the signed SD-card set into `out_dir`."""
-    check_packageable(recipe)
-    return package_build(build_recipe(recipe, out_dir), out_dir, key)
+def package_recipe(ctx: BuildContext, key: SecretKey) -> PackageResult:
+    """Build and gate the context's recipe, then write the signed SD-card set into its out dir."""
+    return package_build(build_recipe(ctx), key)
 
 
-def package_build(build: BuildResult, out_dir: Path, key: SecretKey) -> PackageResult:
+def package_build(build: BuildResult, key: SecretKey) -> PackageResult:
     """Package an already built and gated payload (`build.payload_dir`)."""
-    recipe = build.recipe
-    check_packageable(recipe)
-    epoch = source_date_epoch(default=DEFAULT_SOURCE_DATE_EPOCH)
+    ctx = build.ctx
+    recipe, out_dir, epoch = ctx.recipe, ctx.out_dir, ctx.epoch
     out_dir.mkdir(parents=True, exist_ok=True)
     # A signature left from an earlier run must never sit next to a half-written new set.
     (out_dir / SIGNATURE).unlink(missing_ok=True)
 
     image_path = out_dir / image_name(recipe)
     payload_files = build_payload_image(build.payload_dir, recipe, image_path, epoch)
-    overlay = render_overlay(recipe, key.public(), epoch)
+    features = selected_features(recipe.device.features)
+    overlay = render_overlay(recipe, key.public(), epoch, features)
     apkovl_path = write_bytes_atomic(out_dir / apkovl_name(recipe), apkovl_bytes(overlay, epoch))
 
-    manifest = manifest_bytes(build_manifest(build, epoch, overlay, payload_files, apkovl_path, image_path))
+    manifest = manifest_bytes(build_manifest(build, overlay, payload_files, apkovl_path, image_path))
     manifest_path = write_bytes_atomic(out_dir / MANIFEST, manifest)
     public_path = write_bytes_atomic(out_dir / PUBLIC_KEY, public_key_text(key.public()).encode())
-    readme_path = write_bytes_atomic(out_dir / SDCARD_README, sdcard_readme(recipe).encode())
+    readme_path = write_bytes_atomic(out_dir / SDCARD_README, sdcard_readme(recipe, features).encode())
     comment = f"file:{MANIFEST}\tpayload:{recipe.name} {recipe.version}\tsource_date_epoch:{epoch}"
     signature_path = write_bytes_atomic(out_dir / SIGNATURE, sign_bytes(manifest, key, comment).encode())
-    return PackageResult(recipe, out_dir, apkovl_path, image_path, manifest_path, signature_path, public_path,
-                         readme_path, hashlib.sha256(manifest).hexdigest(), epoch, build)
+    return PackageResult(
+        recipe,
+        out_dir,
+        apkovl_path,
+        image_path,
+        manifest_path,
+        signature_path,
+        public_path,
+        readme_path,
+        hashlib.sha256(manifest).hexdigest(),
+        epoch,
+        build,
+        key.key_id,
+    )
 
 
 def apkovl_name(recipe: Recipe) -> str:
-    return f"{recipe.overlay_hostname}.apkovl.tar.gz"
+    return layout.apkovl_name(recipe.overlay_hostname)
 
 
 def image_name(recipe: Recipe) -> str:
-    return f"{recipe.name}.squashfs"
+    return layout.image_name(recipe.name)
 
 
 def public_key_text(public: PublicKey) -> str:
@@ -153,59 +152,12 @@ def public_key_text(public: PublicKey) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# What the overlay and the sandbox accept from a recipe
-
-
-def check_packageable(recipe: Recipe) -> None:
-    """The recipe checks that matter only here: values that end up as shell words or accounts."""
-    def fail(key: str, message: str) -> UserError:
-        return UserError(f"{recipe.path}: {key}: {message}")
-
-    if not VERSION_RE.match(recipe.version):
-        raise fail("version", f"{recipe.version!r}: use letters, digits and . _ + ~ - only")
-    user = recipe.run.user
-    if not USER_NAME_RE.match(user.name):
-        raise fail("run.user.name", f"{user.name!r} is not a valid user name (lowercase, digits, '_', '-')")
-    taken_users, taken_groups = base_accounts()
-    if user.name in taken_users.values() or user.uid in taken_users:
-        raise fail("run.user", f"{user.name}/{user.uid} clashes with Alpine's base account "
-                               f"{taken_users.get(user.uid, user.name)}: pick another name and a uid from 1000")
-    if user.gid in taken_groups or user.name in taken_groups.values():
-        raise fail("run.user.gid", f"gid {user.gid} or group {user.name} is taken by Alpine's base group "
-                                   f"{taken_groups.get(user.gid, user.name)}: pick another from 1000")
-    for i, path in enumerate(recipe.run.writable):
-        if not DEVICE_WORD_RE.match(path) or path == "/" or _under(path, RESERVED_SANDBOX_PATHS):
-            raise fail(f"run.writable.{i}", f"{path!r}: expected a path of plain characters [A-Za-z0-9._/-], "
-                                            f"not / and not under {', '.join(RESERVED_SANDBOX_PATHS)}")
-    for name, secret in recipe.secrets.items():
-        if not DEVICE_WORD_RE.match(secret.file):
-            raise fail(f"secrets.{name}.file", f"{secret.file!r}: use plain characters [A-Za-z0-9._/-]")
-    for name in recipe.run.env:
-        if not ENV_NAME_RE.match(name):
-            raise fail(f"run.env.{name}", "not a valid environment variable name")
-
-
-def _under(path: str, roots: Iterable[str]) -> bool:
-    pure = PurePosixPath(path)
-    return any(pure == PurePosixPath(root) or PurePosixPath(root) in pure.parents for root in roots)
-
-
-def base_accounts() -> tuple[dict[int, str], dict[int, str]]:
-    """uid → user and gid → group of the skeleton's fixed accounts (the service user is added)."""
-    def table(name: str) -> dict[int, str]:
-        rows = (line.split(":") for line in (ROOTFS_DIR / "etc" / name).read_text().splitlines()
-                if line and not PLACEHOLDER.search(line))
-        return {int(row[2]): row[0] for row in rows}
-    return table("passwd.in"), table("group.in")
-
-
-# ---------------------------------------------------------------------------------------------
 # The overlay
 
 
 def template_values(recipe: Recipe, public_key: PublicKey, epoch: int) -> dict[str, str]:
-    run, user = recipe.run, recipe.run.user
-    env = {"PATH": DEFAULT_PATH, **run.env}
+    run, user, boot = recipe.run, recipe.run.user, recipe.target.boot
+    env = {"PATH": DEFAULT_PATH, **run.env, **recipe.smoke.payload_env}
     return {
         "NAME": recipe.name,
         "VERSION": recipe.version,
@@ -222,16 +174,25 @@ def template_values(recipe: Recipe, public_key: PublicKey, epoch: int) -> dict[s
         "ENV_ARGS": shlex.quote(shlex.join(word for name in sorted(env) for word in ("--setenv", name, env[name]))),
         "ARGV": shlex.quote(shlex.join((run.entrypoint, *run.args))),
         "PUBLIC_KEY": public_key_text(public_key).rstrip("\n"),
-        "SERVICE_PASSWD": f"{user.name}:x:{user.uid}:{user.gid}:buildkit payload {recipe.name}:/var/empty:/sbin/nologin",
+        "SERVICE_PASSWD": f"{user.name}:x:{user.uid}:{user.gid}:buildkit payload {recipe.name}:/var/empty"
+        ":/sbin/nologin",
         "SERVICE_GROUP": f"{user.name}:x:{user.gid}:",
         "SERVICE_SHADOW": f"{user.name}:!::0:::::",
         "EGRESS_RULES": "\n\t\t".join(egress_rules(recipe)),
+        "BOOT_MEDIA": boot.media,
+        "RNG_MODULE": boot.rng_module,
+        "RNG_HINT": shlex.quote(
+            ", ".join((*boot.usercfg, f"module {boot.rng_module}"))
+            if boot.rng_module
+            else ", ".join(boot.usercfg) or "see the board's documentation"
+        ),
     }
 
 
 def egress_rules(recipe: Recipe) -> list[str]:
     """nftables output rules: DNS (udp+tcp 53) and NTP (udp 123) to the declared addresses, and
     each telemetry host on its port and protocol. IPv4 and IPv6 need separate matches."""
+
     def by_family(addresses: Iterable[str]) -> list[tuple[str, str]]:
         families: dict[str, list[str]] = {}
         for address in addresses:
@@ -255,33 +216,70 @@ def render_text(template: str, values: dict[str, str], where: str) -> str:
         if match.group(1) not in values:
             raise UserError(f"{where}: unknown placeholder {match.group(0)}; known: {', '.join(sorted(values))}")
         return values[match.group(1)]
+
     return PLACEHOLDER.sub(substitute, template)
 
 
-def render_overlay(recipe: Recipe, public_key: PublicKey, epoch: int, skeleton: Path = ROOTFS_DIR) -> tuple[OverlayEntry, ...]:
-    """The skeleton rendered for `recipe`: `.in` files and every path and link target go through
-    the placeholder renderer; other files are copied. Sorted by path, parents first."""
+def render_overlay(
+    recipe: Recipe, public_key: PublicKey, epoch: int, features: tuple[Feature, ...] | None = None
+) -> tuple[OverlayEntry, ...]:
+    """The features rendered for `recipe` (by default those it selects): `.in` files and every path
+    go through the placeholder renderer; other files are copied; then the runlevel links and the apk
+    world they declare. Sorted by path, parents first. Two features may share directories but never
+    a file."""
     values = template_values(recipe, public_key, epoch)
+    features = selected_features(recipe.device.features) if features is None else features
+    entries: dict[str, OverlayEntry] = {}
+    for feature in features:
+        for entry in (*feature_entries(feature, values), *feature_links(feature, values)):
+            if entry.path in entries and (entry.kind != "dir" or entries[entry.path].kind != "dir"):
+                raise UserError(f"{feature.directory}: {entry.path} is also written by another overlay feature")
+            entries[entry.path] = entry
+    world = "".join(f"{package}\n" for package in apk_world(features)).encode()
+    for path, entry in (
+        ("etc", OverlayEntry("etc", "dir", 0o755)),
+        ("etc/apk", OverlayEntry("etc/apk", "dir", 0o755)),
+        ("etc/apk/world", OverlayEntry("etc/apk/world", "file", 0o644, data=world)),
+    ):
+        entries.setdefault(path, entry)
+    for entry in entries.values():
+        if not OVERLAY_PATH_RE.fullmatch(entry.path):
+            raise UserError(f"overlay path {entry.path!r} has characters the boot script cannot check")
+    return tuple(sorted(entries.values(), key=lambda e: e.path))
+
+
+def feature_entries(feature: Feature, values: dict[str, str]) -> list[OverlayEntry]:
     entries = []
-    for source in sorted_tree(skeleton):
-        rel = source.relative_to(skeleton).as_posix()
-        path = render_text(rel, values, f"{skeleton}/{rel}")
+    for source in sorted_tree(feature.directory):
+        rel = source.relative_to(feature.directory).as_posix()
+        if rel == FEATURE_FILE:
+            continue
+        where = f"{feature.directory}/{rel}"
+        path = render_text(rel, values, where)
         if source.is_symlink():
-            target = render_text(str(source.readlink()), values, f"{skeleton}/{rel}")
-            entries.append(OverlayEntry(path, "symlink", 0o777, target=target))
-        elif source.is_dir():
+            raise UserError(f"{where}: overlay features hold no links; declare services in {FEATURE_FILE}")
+        if source.is_dir():
             entries.append(OverlayEntry(path, "dir", 0o755))
-        else:
-            data = source.read_bytes()
-            if path.endswith(TEMPLATE_SUFFIX):
-                path = path.removesuffix(TEMPLATE_SUFFIX)
-                data = render_text(data.decode(), values, f"{skeleton}/{rel}").encode()
-            mode = MODE_OVERRIDES.get(path, 0o755 if source.stat().st_mode & 0o111 else 0o644)
-            entries.append(OverlayEntry(path, "file", mode, data=data))
-    for entry in entries:
-        if not OVERLAY_PATH_RE.match(entry.path):
-            raise UserError(f"{skeleton}: overlay path {entry.path!r} has characters the boot script cannot check")
-    return tuple(sorted(entries, key=lambda e: e.path))
+            continue
+        data = source.read_bytes()
+        if path.endswith(TEMPLATE_SUFFIX):
+            path = path.removesuffix(TEMPLATE_SUFFIX)
+            data = render_text(data.decode(), values, where).encode()
+        mode = MODE_OVERRIDES.get(path, 0o755 if source.stat().st_mode & 0o111 else 0o644)
+        entries.append(OverlayEntry(path, "file", mode, data=data))
+    return entries
+
+
+def feature_links(feature: Feature, values: dict[str, str]) -> list[OverlayEntry]:
+    """The runlevel directories and the links to the services the feature enables."""
+    entries = []
+    for link, target in feature.links():
+        where = f"{feature.directory}/{FEATURE_FILE}"
+        path = render_text(link, values, where)
+        parents = PurePosixPath(path).parents
+        entries += [OverlayEntry(str(d), "dir", 0o755) for d in reversed(list(parents)[:-1])]
+        entries.append(OverlayEntry(path, "symlink", 0o777, target=render_text(target, values, where)))
+    return entries
 
 
 def apkovl_bytes(entries: Iterable[OverlayEntry], epoch: int) -> bytes:
@@ -324,9 +322,27 @@ def build_payload_image(payload_dir: Path, recipe: Recipe, dest: Path, epoch: in
         env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
         with atomic_output(dest) as part:
             proc = subprocess.run(
-                [str(mksquashfs), str(tree), str(part), "-noappend", "-reproducible", "-all-root", "-no-xattrs",
-                 "-comp", "xz", "-mkfs-time", str(epoch), "-all-time", str(epoch), "-quiet", "-no-progress"],
-                capture_output=True, text=True, env=env)
+                [
+                    str(mksquashfs),
+                    str(tree),
+                    str(part),
+                    "-noappend",
+                    "-reproducible",
+                    "-all-root",
+                    "-no-xattrs",
+                    "-comp",
+                    "xz",
+                    "-mkfs-time",
+                    str(epoch),
+                    "-all-time",
+                    str(epoch),
+                    "-quiet",
+                    "-no-progress",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if proc.returncode != 0:
                 raise UserError(f"mksquashfs {payload_dir} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return entries
@@ -337,8 +353,10 @@ def _make_mount_point(tree: Path, rel: str) -> None:
     for part in PurePosixPath(rel).parts:
         path = path / part
         if path.is_symlink() or (path.exists() and not path.is_dir()):
-            raise UserError(f"payload /{rel}: the sandbox mounts a directory there, but the payload has "
-                            f"a file or link at /{path.relative_to(tree)}")
+            raise UserError(
+                f"payload /{rel}: the sandbox mounts a directory there, but the payload has "
+                f"a file or link at /{path.relative_to(tree)}"
+            )
         if not path.exists():
             path.mkdir()
             path.chmod(0o755)
@@ -353,8 +371,12 @@ def tree_entries(root: Path) -> dict[str, dict[str, Any]]:
         if path.is_symlink():
             entries[rel] = {"type": "symlink", "mode": "0777", "target": str(path.readlink())}
         elif path.is_file():
-            entries[rel] = {"type": "file", "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size,
-                            "sha256": sha256_file(path)}
+            entries[rel] = {
+                "type": "file",
+                "mode": f"{st.st_mode & 0o7777:04o}",
+                "size": st.st_size,
+                "sha256": sha256_file(path),
+            }
     return entries
 
 
@@ -366,8 +388,12 @@ def overlay_entries(entries: Iterable[OverlayEntry]) -> dict[str, dict[str, Any]
     found: dict[str, dict[str, Any]] = {}
     for entry in entries:
         if entry.kind == "file":
-            found[entry.path] = {"type": "file", "mode": f"{entry.mode:04o}", "size": len(entry.data),
-                                 "sha256": hashlib.sha256(entry.data).hexdigest()}
+            found[entry.path] = {
+                "type": "file",
+                "mode": f"{entry.mode:04o}",
+                "size": len(entry.data),
+                "sha256": hashlib.sha256(entry.data).hexdigest(),
+            }
         elif entry.kind == "symlink":
             found[entry.path] = {"type": "symlink", "mode": "0777", "target": entry.target}
     return found
@@ -391,9 +417,14 @@ def packaging_tools() -> dict[str, str]:
     return {"mksquashfs": first[0].strip() if first else "unknown"}
 
 
-def build_manifest(build: BuildResult, epoch: int, overlay: Iterable[OverlayEntry],
-                   payload_files: dict[str, dict[str, Any]], apkovl: Path, image: Path) -> dict[str, Any]:
-    recipe = build.recipe
+def build_manifest(
+    build: BuildResult,
+    overlay: Iterable[OverlayEntry],
+    payload_files: dict[str, dict[str, Any]],
+    apkovl: Path,
+    image: Path,
+) -> dict[str, Any]:
+    recipe, epoch = build.recipe, build.ctx.epoch
     return {
         "schema": MANIFEST_SCHEMA,
         "name": recipe.name,
@@ -402,11 +433,17 @@ def build_manifest(build: BuildResult, epoch: int, overlay: Iterable[OverlayEntr
         "buildkit_version": __version__,
         "source_date_epoch": epoch,
         "recipe": {"name": recipe.name, "kind": recipe.kind, "sha256": recipe.sha256},
+        "target": {"profile": recipe.target.name, "board": recipe.target.board},
         "toolchain": {"build": dict(build.toolchain), "package": packaging_tools()},
         "gate": gate_summary(build.gate),
         "apkovl": {"file": apkovl.name, "sha256": sha256_file(apkovl), "size": apkovl.stat().st_size},
-        "image": {"file": image.name, "format": "squashfs", "compression": "xz",
-                  "sha256": sha256_file(image), "size": image.stat().st_size},
+        "image": {
+            "file": image.name,
+            "format": "squashfs",
+            "compression": "xz",
+            "sha256": sha256_file(image),
+            "size": image.stat().st_size,
+        },
         "overlay": overlay_entries(overlay),
         "payload": payload_files,
     }
@@ -422,12 +459,12 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 
 SDCARD_TEMPLATE = """\
-SD card for @NAME@ @VERSION@ (hostname @HOSTNAME@), packaged by buildkit
+SD card for @NAME@ @VERSION@ (hostname @HOSTNAME@), packaged by buildkit for @BOARD@
 =====================================================================
 
-1. Start from Alpine Linux's "Raspberry Pi" armhf tarball (alpine-rpi-<version>-armhf.tar.gz),
-   extracted onto the card's first partition (FAT32, /dev/mmcblk0p1). It has the firmware,
-   boot/vmlinuz-rpi, boot/initramfs-rpi, boot/modloop-rpi and the apks/ boot repository.
+1. Start from Alpine Linux's "Raspberry Pi" @ALPINE_ARCH@ tarball (alpine-rpi-<version>-@ALPINE_ARCH@.tar.gz),
+   extracted onto the card's first partition (FAT32, /dev/@MEDIA@). It has the firmware, the
+   device trees (@DTBS@), @KERNEL@, @INITRAMFS@, @MODLOOP@ and the apks/ boot repository.
 
 2. Copy these files to the top level of that partition:
      @APKOVL@
@@ -444,14 +481,15 @@ SD card for @NAME@ @VERSION@ (hostname @HOSTNAME@), packaged by buildkit
 
 4. Append to the single line of cmdline.txt (pins the overlay: without apkovl= the first
    *.apkovl.tar.gz found on ANY block device wins):
-     apkovl=mmcblk0p1:vfat:/@APKOVL@
+     apkovl=@MEDIA@:@FILESYSTEM@:/@APKOVL@ console=@CONSOLE@
 
-5. Create usercfg.txt (config.txt includes it) to enable the hardware RNG the entropy gate waits for:
-     dtparam=random=on
+5. Create usercfg.txt (config.txt includes it) with these lines (the hardware RNG the entropy
+   gate waits for, @RNG_MODULE@):
+@USERCFG@
 
 6. The initramfs installs the overlay's /etc/apk/world at every boot:
      @WORLD@
-   Each package and its dependencies must be installable then: in the card's apks/armhf/ boot
+   Each package and its dependencies must be installable then: in the card's apks/@ALPINE_ARCH@/ boot
    repository or a local apk cache, or through the network with alpine_repo= pointing at a
    mirror. A package that cannot be installed is only logged to the kernel log, and the @NAME@
    service then fails (no bwrap, tini-static, setpriv or minisign).
@@ -463,13 +501,34 @@ the system log (logread) and on the console.
 """
 
 
-def sdcard_readme(recipe: Recipe) -> str:
-    secrets = [f"     {secret.file}\n         {name}: {secret.description or 'no description'}; bound read-only at "
-               f"/run/secrets/{name}, must be readable by uid {recipe.run.user.uid} (vfat default: it is)"
-               for name, secret in sorted(recipe.secrets.items())]
-    world = (ROOTFS_DIR / "etc/apk/world").read_text().split()
-    return render_text(SDCARD_TEMPLATE, {
-        "NAME": recipe.name, "VERSION": recipe.version, "HOSTNAME": recipe.overlay_hostname,
-        "APKOVL": apkovl_name(recipe), "IMAGE": image_name(recipe), "WORLD": " ".join(world),
-        "SECRET_LINES": "\n".join(secrets) or "     (this payload declares none)",
-    }, "sdcard/README.txt")
+def sdcard_readme(recipe: Recipe, features: tuple[Feature, ...]) -> str:
+    secrets = [
+        f"     {secret.file}\n         {name}: {secret.description or 'no description'}; bound read-only at "
+        f"{SECRET_MOUNT}{name}, must be readable by uid {recipe.run.user.uid} (vfat default: it is)"
+        for name, secret in sorted(recipe.secrets.items())
+    ]
+    board, boot = recipe.target, recipe.target.boot
+    return render_text(
+        SDCARD_TEMPLATE,
+        {
+            "NAME": recipe.name,
+            "VERSION": recipe.version,
+            "HOSTNAME": recipe.overlay_hostname,
+            "APKOVL": apkovl_name(recipe),
+            "IMAGE": image_name(recipe),
+            "WORLD": " ".join(apk_world(features)),
+            "SECRET_LINES": "\n".join(secrets) or "     (this payload declares none)",
+            "BOARD": board.board,
+            "ALPINE_ARCH": board.alpine_arch,
+            "MEDIA": boot.media,
+            "FILESYSTEM": boot.filesystem,
+            "DTBS": ", ".join(boot.dtbs),
+            "KERNEL": boot.kernel,
+            "INITRAMFS": boot.initramfs,
+            "MODLOOP": boot.modloop,
+            "CONSOLE": boot.console,
+            "RNG_MODULE": boot.rng_module or "none",
+            "USERCFG": "\n".join(f"     {line}" for line in boot.usercfg) or "     (none needed)",
+        },
+        "sdcard/README.txt",
+    )

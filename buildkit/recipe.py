@@ -1,34 +1,43 @@
-"""Recipes: TOML files that declare a payload, loaded into frozen dataclasses.
+"""Recipes: TOML files that declare a payload, loaded into frozen dataclasses and checked once.
 
-The dataclasses below are the schema. `load_recipe` walks them field by field, so an unknown key,
-a wrong type or a missing field is reported with the file, the dotted key and what was expected,
-and nothing else in the code has to check the shape of a recipe again.
+The dataclasses below are the schema (buildkit/schema.py walks them), and `load_recipe` is the
+one place where a recipe is checked: every rule a recipe must satisfy, for the build and for the
+package alike, is applied here with the file, the dotted key and what was expected. Stages receive
+a recipe that is already valid. The table of the payload's kind (`[go]`, `[python]`) belongs to the
+kind's module (buildkit/build/kinds.py), which says what it accepts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import ipaddress
 import re
-import types
-import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
-
+from buildkit.archgate.profile import Waiver
+from buildkit.build.kinds import KINDS, kind_module
 from buildkit.errors import UserError
+from buildkit.features import available_features, base_accounts
+from buildkit.schema import Where, from_table, read_toml
+from buildkit.target import DEFAULT_PROFILE, Target, load_target
 
 RECIPE_FILE = "recipe.toml"
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # Environment names that hold a secret's value; the recipe must pass a file path instead.
 SECRET_ENV_RE = re.compile(r"TOKEN|SECRET|PASSW|PASSPHRASE|PRIVATE_KEY|API_KEY|CREDENTIAL", re.IGNORECASE)
 SECRET_MOUNT = "/run/secrets/"
+SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# The boot script splits these on whitespace and matches them with awk: keep them to plain words.
+DEVICE_WORD_RE = re.compile(r"[A-Za-z0-9._/-]+")
+VERSION_RE = re.compile(r"[A-Za-z0-9._+~-]+")
+USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What bwrap mounts itself in the sandbox: a recipe's writable path may not be there.
+RESERVED_SANDBOX_PATHS = ("/proc", "/dev", "/run")
+HTTP_PORT = 80
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,8 @@ class Secret:
     """A secret the payload reads from a file. The recipe names where the file is on the device
     (provisioned next to the apkovl, never inside it); the sandbox binds it read-only at
     /run/secrets/<name>."""
+
+    TABLE_HINT = ' (secrets are referenced by file, never inline: [secrets.NAME] file = "/path/on/device")'
 
     file: str
     description: str = ""
@@ -67,39 +78,10 @@ class Egress:
 
 
 @dataclass(frozen=True)
-class Waiver:
-    """A recipe-level waiver, merged with those shipped in verify/waivers/."""
-
-    id: str
-    rule: str
-    reason: str
-    path: str = "*"
-    symbol: str = "*"
-
-
-@dataclass(frozen=True)
 class Gate:
-    profile: str = "pi1"
+    profile: str = DEFAULT_PROFILE
     scan_code: bool = False
     waivers: tuple[Waiver, ...] = ()
-
-
-@dataclass(frozen=True)
-class GoSettings:
-    package: str = "."
-    tags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PythonSettings:
-    base: Literal["debian-bookworm-armel", "debian-bookworm-armhf", "alpine-armhf"] = "debian-bookworm-armel"
-    backend: Literal["native", "docker"] = "native"
-    packages: tuple[str, ...] = ("python3-minimal",)
-    requirements: tuple[str, ...] = ()
-    # Debian packages the docker backend adds to the ARM container that builds source distributions
-    # (headers, libraries, build tools such as cython3); they never reach the payload.
-    build_packages: tuple[str, ...] = ()
-    mirror: str = "http://deb.debian.org/debian"
 
 
 @dataclass(frozen=True)
@@ -115,10 +97,115 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Device:
+    """Device components beyond the payload: overlay features (rootfs/features/<name>/)."""
+
+    features: tuple[str, ...] = ()
+
+
+# --- [smoke]: what `buildkit smoke` checks of this service, besides the platform checks ---------
+
+# Set in the payload's environment when the recipe declares [smoke.zombies]: a service serves its
+# process-spawning endpoint only then (the reference services do), never by default.
+SMOKE_ZOMBIES_ENV = "BUILDKIT_SMOKE_ZOMBIES"
+REPORT_WORD_RE = re.compile(r"[!-~]*")  # printable ASCII without spaces: one word in the smoke report
+
+
+@dataclass(frozen=True)
+class HttpProbe:
+    """One request sent through port 80, and the answer it must get."""
+
+    path: str
+    name: str = ""  # the check is reported as http:NAME (default: http:PATH)
+    method: Literal["GET", "HEAD", "POST", "PUT", "DELETE"] = "GET"
+    status: int = 200
+    body_contains: str = ""  # a substring the body must hold ("": the status is enough)
+    token_secret: str = ""  # a [secrets.NAME]: smoke provisions a token there and sends it as a bearer token
+
+    @property
+    def check_name(self) -> str:
+        return f"http:{self.name or self.path}"
+
+
+@dataclass(frozen=True)
+class LogWindowProbe:
+    """A token-protected window of request records: 401 without the token and with a wrong one; with
+    it, the record of a request that carried secrets (query, Authorization, Cookie), redacted."""
+
+    path: str
+    token_secret: str
+    request_path: str = "/"  # where the request carrying the test secrets goes
+    max_record_bytes: int | None = None  # the window's bound on one record: checked on every record
+
+
+@dataclass(frozen=True)
+class ZombieProbe:
+    """An endpoint that starts processes which leave orphans behind: once they exit, none may remain
+    under the sandbox's PID 1, zombies least of all."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Smoke:
+    http: tuple[HttpProbe, ...] = ()
+    log_window: LogWindowProbe | None = None
+    zombies: ZombieProbe | None = None
+
+    @property
+    def payload_env(self) -> dict[str, str]:
+        return {SMOKE_ZOMBIES_ENV: "1"} if self.zombies else {}
+
+
+def check_smoke(recipe: Recipe, where: Where) -> None:
+    smoke = recipe.smoke
+    names: set[str] = set()
+    for i, probe in enumerate(smoke.http):
+        at = where.child("http").child(i)
+        _check_request_path(probe.path, at.child("path"))
+        if not REPORT_WORD_RE.fullmatch(probe.name):
+            raise at.child("name").error(f"{probe.name!r}: one word of printable characters, no spaces")
+        if probe.check_name in names:
+            raise at.child("name").error(f"a second probe reported as {probe.check_name}: give each a name")
+        names.add(probe.check_name)
+        if not 100 <= probe.status <= 599:
+            raise at.child("status").error(f"expected an HTTP status from 100 to 599, got {probe.status}")
+        _check_token_secret(recipe, probe.token_secret, at.child("token_secret"))
+    if smoke.log_window is not None:
+        _check_log_window(recipe, smoke.log_window, where.child("log_window"))
+    if smoke.zombies is not None:
+        _check_request_path(smoke.zombies.path, where.child("zombies").child("path"))
+
+
+def _check_log_window(recipe: Recipe, window: LogWindowProbe, where: Where) -> None:
+    _check_request_path(window.path, where.child("path"))
+    _check_request_path(window.request_path, where.child("request_path"))
+    if "?" in window.request_path:
+        raise where.child("request_path").error("no query: smoke adds the test secrets as the query")
+    _check_token_secret(recipe, window.token_secret, where.child("token_secret"))
+    if window.max_record_bytes is not None and window.max_record_bytes < 1:
+        raise where.child("max_record_bytes").error(f"expected a positive size, got {window.max_record_bytes}")
+
+
+def _check_request_path(path: str, where: Where) -> None:
+    if not path.startswith("/") or not REPORT_WORD_RE.fullmatch(path):
+        raise where.error(f"expected a path starting with '/', printable characters and no spaces, got {path!r}")
+
+
+def _check_token_secret(recipe: Recipe, name: str, where: Where) -> None:
+    if name and name not in recipe.secrets:
+        declared = ", ".join(sorted(recipe.secrets)) or "none"
+        raise where.error(f"{name!r} is not a declared [secrets.NAME] (declared: {declared})")
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     version: str
-    kind: Literal["go", "python"]
+    kind: str
     source: str
     run: Run
     hostname: str = ""
@@ -126,11 +213,13 @@ class Recipe:
     secrets: dict[str, Secret] = field(default_factory=dict)
     egress: Egress = Egress()
     gate: Gate = Gate()
-    go: GoSettings = GoSettings()
-    python: PythonSettings = PythonSettings()
+    device: Device = Device()
+    smoke: Smoke = Smoke()
     # Set by the loader, not read from TOML.
-    path: Path = field(default=Path(), metadata={"internal": True})
-    sha256: str = field(default="", metadata={"internal": True})
+    settings: Any = field(kw_only=True, metadata={"internal": True})  # the kind's table, as its module reads it
+    target: Target = field(kw_only=True, metadata={"internal": True})  # the board of `gate.profile`
+    path: Path = field(kw_only=True, metadata={"internal": True})
+    sha256: str = field(kw_only=True, metadata={"internal": True})
 
     @property
     def source_dir(self) -> Path:
@@ -151,141 +240,164 @@ def resolve_recipe_path(arg: Path) -> Path:
 
 
 def load_recipe(arg: Path) -> Recipe:
-    path = resolve_recipe_path(arg)
+    path = resolve_recipe_path(arg).resolve()
     raw = path.read_bytes()
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
-    recipe = _build(Recipe, data, _Where(path, ""))
-    recipe = dataclasses.replace(recipe, path=path.resolve(), sha256=hashlib.sha256(raw).hexdigest())
-    _check_semantics(recipe, _Where(path, ""))
+    data = read_toml(path)
+    where = Where(path)
+    settings = _kind_settings(data, where)
+    profile = _profile_name(data, where)
+    recipe = from_table(
+        Recipe,
+        data,
+        where,
+        settings=settings,
+        target=load_target(profile, path.parent),
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+    check_recipe(recipe, where)
     return recipe
 
 
-@dataclass(frozen=True)
-class _Where:
-    file: Path
-    key: str
-
-    def child(self, key: str) -> _Where:
-        return _Where(self.file, f"{self.key}.{key}" if self.key else key)
-
-    def error(self, message: str) -> UserError:
-        return UserError(f"{self.file}: {self.key or '(top level)'}: {message}")
-
-
-def _build(cls: type, data: Any, where: _Where) -> Any:
-    if not isinstance(data, dict):
-        raise where.error(f"expected a table, got {_type_name(data)}{_TABLE_HINTS.get(cls, '')}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise where.child(unknown[0]).error(f"unknown key; expected one of: {', '.join(sorted(fields))}")
-    values = {}
-    for name, f in fields.items():
-        if name in data:
-            values[name] = _convert(hints[name], data[name], where.child(name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise where.child(name).error(f"missing; expected {_describe(hints[name])}")
-    return cls(**values)
+def _kind_settings(data: dict[str, Any], where: Where) -> Any:
+    """Take the kind's own table out of `data` and read it with the kind's schema."""
+    kind = data.get("kind")
+    if kind not in KINDS:
+        shown = repr(kind) if isinstance(kind, str) else "nothing" if kind is None else f"{kind!r}"
+        raise where.child("kind").error(f"expected one of {', '.join(map(repr, KINDS))}, got {shown}")
+    for other in KINDS:
+        if other != kind and other in data:
+            raise where.child(other).error(
+                f"a [{other}] table is only for kind = {other!r} recipes; this one is kind = {kind!r}"
+            )
+    module = kind_module(kind)
+    return from_table(module.Settings, data.pop(kind, {}), where.child(kind))
 
 
-_TABLE_HINTS = {Secret: " (secrets are referenced by file, never inline: [secrets.NAME] file = \"/path/on/device\")"}
+def _profile_name(data: dict[str, Any], where: Where) -> str:
+    """`gate.profile` ahead of the rest: the target it names is part of the recipe."""
+    gate = data.get("gate", {})
+    profile = gate.get("profile", DEFAULT_PROFILE) if isinstance(gate, dict) else DEFAULT_PROFILE
+    if not isinstance(profile, str):
+        raise where.child("gate").child("profile").error("expected a string: a profile name or a TOML file")
+    return profile
 
 
-def _convert(hint: Any, value: Any, where: _Where) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is Literal:
-        if value not in args:
-            raise where.error(f"expected one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise where.error(f"expected {_describe(hint)}, got {_type_name(value)}")
-        return tuple(_convert(args[0], item, where.child(str(i))) for i, item in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise where.error(f"expected {_describe(hint)}, got {_type_name(value)}")
-        return {k: _convert(args[1], v, where.child(k)) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported schema type {hint}")
-    if hint is bool or hint is str:
-        if type(value) is not hint:
-            raise where.error(f"expected {_describe(hint)}, got {_type_name(value)}")
-        return value
-    if hint is int:
-        if type(value) is not int:
-            raise where.error(f"expected an integer, got {_type_name(value)}")
-        return value
-    raise TypeError(f"unsupported schema type {hint}")
+def check_recipe(recipe: Recipe, where: Where) -> None:
+    """Every rule a recipe must satisfy beyond its types, in the order of the file."""
+    _check_identity(recipe, where)
+    _check_run(recipe, where.child("run"))
+    _check_secrets(recipe, where.child("secrets"))
+    _check_egress(recipe.egress, where.child("egress"))
+    _check_device(recipe.device, where.child("device"))
+    check_smoke(recipe, where.child("smoke"))
+    kind_module(recipe.kind).check(recipe, where.child(recipe.kind))
 
 
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return "a table"
-    if origin is Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
-    if origin is tuple:
-        return f"an array of {_describe(typing.get_args(hint)[0])}"
-    if origin is dict:
-        return f"a table of {_describe(typing.get_args(hint)[1])}"
-    return {str: "a string", int: "an integer", bool: "true or false"}.get(hint, str(hint))
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "a table", list: "an array", str: "a string", int: "an integer", bool: "a boolean",
-            float: "a float"}.get(type(value), type(value).__name__)
-
-
-def _check_semantics(recipe: Recipe, where: _Where) -> None:
-    if not NAME_RE.match(recipe.name):
+def _check_identity(recipe: Recipe, where: Where) -> None:
+    if not NAME_RE.fullmatch(recipe.name):
         raise where.child("name").error("expected lowercase letters, digits and '-', at most 63 characters")
-    if recipe.hostname and not NAME_RE.match(recipe.hostname):
+    if not VERSION_RE.fullmatch(recipe.version):
+        raise where.child("version").error(f"{recipe.version!r}: use letters, digits and . _ + ~ - only")
+    if recipe.hostname and not NAME_RE.fullmatch(recipe.hostname):
         raise where.child("hostname").error("expected a host name: lowercase letters, digits and '-'")
     if not recipe.source_dir.is_dir():
         raise where.child("source").error(f"directory {recipe.source_dir} does not exist")
-    run = where.child("run")
-    if recipe.run.user.uid == 0 or recipe.run.user.gid == 0:
-        raise run.child("user").error("the payload must not run as root (uid and gid must be non-zero)")
-    if not 1 <= recipe.run.port <= 65535 or recipe.run.port in (80,):
-        raise run.child("port").error("expected a TCP port from 1 to 65535 other than 80 (80 is redirected to it)")
-    for i, p in enumerate(recipe.run.writable):
-        if not _is_clean_abspath(p):
-            raise run.child("writable").child(str(i)).error(f"expected an absolute path without '..', got {p!r}")
-    if not _is_clean_abspath(recipe.run.entrypoint):
-        raise run.child("entrypoint").error(f"expected an absolute path inside the payload, got {recipe.run.entrypoint!r}")
-    for key, value in recipe.run.env.items():
+
+
+def _check_run(recipe: Recipe, where: Where) -> None:
+    run = recipe.run
+    _check_user(run.user, where.child("user"))
+    if not 1 <= run.port <= 65535 or run.port == HTTP_PORT:
+        raise where.child("port").error("expected a TCP port from 1 to 65535 other than 80 (80 is redirected to it)")
+    for i, path in enumerate(run.writable):
+        _check_writable(path, where.child("writable").child(i))
+    if not _is_clean_abspath(run.entrypoint) or run.entrypoint == "/":
+        raise where.child("entrypoint").error(f"expected an absolute path inside the payload, got {run.entrypoint!r}")
+    for key, value in run.env.items():
+        if not ENV_NAME_RE.fullmatch(key):
+            raise where.child("env").child(key).error("not a valid environment variable name")
         if SECRET_ENV_RE.search(key) and not value.startswith(SECRET_MOUNT):
-            raise run.child("env").child(key).error(
-                f"looks like a secret: declare it under [secrets.NAME] with a file and pass its path "
-                f"({SECRET_MOUNT}NAME), never the value")
+            raise (
+                where.child("env")
+                .child(key)
+                .error(
+                    f"looks like a secret: declare it under [secrets.NAME] with a file and pass its path "
+                    f"({SECRET_MOUNT}NAME), never the value"
+                )
+            )
+
+
+def _check_user(user: ServiceUser, where: Where) -> None:
+    if user.uid == 0 or user.gid == 0:
+        raise where.error("the payload must not run as root (uid and gid must be non-zero)")
+    if not USER_NAME_RE.fullmatch(user.name):
+        raise where.child("name").error(f"{user.name!r} is not a valid user name (lowercase, digits, '_', '-')")
+    taken_users, taken_groups = base_accounts()
+    if user.name in taken_users.values() or user.uid in taken_users:
+        raise where.error(
+            f"{user.name}/{user.uid} clashes with Alpine's base account "
+            f"{taken_users.get(user.uid, user.name)}: pick another name and a uid from 1000"
+        )
+    if user.gid in taken_groups or user.name in taken_groups.values():
+        raise where.child("gid").error(
+            f"gid {user.gid} or group {user.name} is taken by Alpine's base group "
+            f"{taken_groups.get(user.gid, user.name)}: pick another from 1000"
+        )
+
+
+def _check_writable(path: str, where: Where) -> None:
+    if not _is_clean_abspath(path):
+        raise where.error(f"expected an absolute path without '..', got {path!r}")
+    if not DEVICE_WORD_RE.fullmatch(path) or path == "/" or _under(path, RESERVED_SANDBOX_PATHS):
+        raise where.error(
+            f"{path!r}: expected a path of plain characters [A-Za-z0-9._/-], not / and not under "
+            f"{', '.join(RESERVED_SANDBOX_PATHS)}"
+        )
+
+
+def _check_secrets(recipe: Recipe, where: Where) -> None:
     for name, secret in recipe.secrets.items():
-        if not re.match(r"^[A-Za-z0-9_.-]+$", name):
-            raise where.child("secrets").child(name).error("secret names may use letters, digits, '_', '.', '-'")
+        if not SECRET_NAME_RE.fullmatch(name):
+            raise where.child(name).error("secret names may use letters, digits, '_', '.', '-'")
         if not _is_clean_abspath(secret.file):
-            raise where.child("secrets").child(name).child("file").error("expected an absolute path on the device")
-    egress = where.child("egress")
+            raise where.child(name).child("file").error("expected an absolute path on the device")
+        if not DEVICE_WORD_RE.fullmatch(secret.file):
+            raise where.child(name).child("file").error(f"{secret.file!r}: use plain characters [A-Za-z0-9._/-]")
+
+
+def _check_egress(egress: Egress, where: Where) -> None:
     for key in ("dns", "ntp"):
-        for i, addr in enumerate(getattr(recipe.egress, key)):
-            _check_address(addr, egress.child(key).child(str(i)))
-    for i, host in enumerate(recipe.egress.telemetry):
-        _check_address(host.address, egress.child("telemetry").child(str(i)).child("address"))
+        for i, addr in enumerate(getattr(egress, key)):
+            _check_address(addr, where.child(key).child(i))
+    for i, host in enumerate(egress.telemetry):
+        _check_address(host.address, where.child("telemetry").child(i).child("address"))
         if not 1 <= host.port <= 65535:
-            raise egress.child("telemetry").child(str(i)).child("port").error("expected a port from 1 to 65535")
+            raise where.child("telemetry").child(i).child("port").error("expected a port from 1 to 65535")
+
+
+def _check_device(device: Device, where: Where) -> None:
+    known = available_features()
+    for i, name in enumerate(device.features):
+        if name not in known:
+            raise (
+                where.child("features")
+                .child(i)
+                .error(f"{name!r} is not a device feature; expected one of: {', '.join(sorted(known)) or 'none'}")
+            )
 
 
 def _is_clean_abspath(p: str) -> bool:
     pure = PurePosixPath(p)
-    return pure.is_absolute() and ".." not in pure.parts
+    return p.startswith("/") and pure.is_absolute() and ".." not in pure.parts
 
 
-def _check_address(addr: str, where: _Where) -> None:
+def _under(path: str, roots: Iterable[str]) -> bool:
+    pure = PurePosixPath(path)
+    return any(pure == PurePosixPath(root) or PurePosixPath(root) in pure.parents for root in roots)
+
+
+def _check_address(addr: str, where: Where) -> None:
     try:
         ipaddress.ip_network(addr, strict=False)
     except ValueError:

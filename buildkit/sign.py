@@ -116,8 +116,9 @@ class Signature:
 # Keys
 
 
-def keygen(secret_path: Path, public_path: Path, passphrase: bytes | None,
-           comment: str = DEFAULT_KEY_COMMENT) -> PublicKey:
+def keygen(
+    secret_path: Path, public_path: Path, passphrase: bytes | None, comment: str = DEFAULT_KEY_COMMENT
+) -> PublicKey:
     """A new key pair in minisign's formats; the secret key encrypted unless `passphrase` is None.
 
     Neither file may exist already: an existing key is never overwritten, even partly.
@@ -129,8 +130,9 @@ def keygen(secret_path: Path, public_path: Path, passphrase: bytes | None,
     if len(comment.encode()) > MAX_KEY_COMMENT_BYTES:
         raise UserError(f"key comment is longer than {MAX_KEY_COMMENT_BYTES} bytes: shorten it")
     state = "encrypted secret key" if passphrase is not None else "unencrypted secret key"
-    secret_text = f"{UNTRUSTED_PREFIX}{_one_line(comment, 'key comment')} {state}\n" \
-                  f"{_b64(_secret_key_blob(key, passphrase))}\n"
+    secret_text = (
+        f"{UNTRUSTED_PREFIX}{_one_line(comment, 'key comment')} {state}\n{_b64(_secret_key_blob(key, passphrase))}\n"
+    )
     _create_new_file(secret_path, secret_text.encode(), 0o600)
     public = key.public()
     _create_new_file(public_path, public.to_text(comment).encode(), 0o644)
@@ -144,15 +146,16 @@ def refuse_existing_keys(*paths: Path) -> None:
 
 
 def _key_exists(path: Path) -> UserError:
-    return UserError(f"key file {path} already exists: move it away or choose another path "
-                     "(buildkit never overwrites a key)")
+    return UserError(
+        f"key file {path} already exists: move it away or choose another path (buildkit never overwrites a key)"
+    )
 
 
 def load_secret_key(path: Path, passphrase: Callable[[], bytes] | None) -> SecretKey:
     """Read a secret key file in minisign's format; `passphrase` is asked for only when the key is encrypted."""
     blob = _decode_key_file(_read_text(path, "secret key"), SECRET_KEY_BYTES, f"secret key {path}")
     sig_alg, kdf, chk_alg = blob[0:2], blob[2:4], blob[4:6]
-    salt = blob[6:6 + SALT_BYTES]
+    salt = blob[6 : 6 + SALT_BYTES]
     opslimit = int.from_bytes(blob[38:46], "little")
     memlimit = int.from_bytes(blob[46:54], "little")
     payload = blob[SECRET_HEADER_BYTES:]
@@ -160,12 +163,16 @@ def load_secret_key(path: Path, passphrase: Callable[[], bytes] | None) -> Secre
         raise UserError(f"secret key {path} is not a minisign Ed25519 key (algorithm {sig_alg!r}/{chk_alg!r})")
     if kdf == KDF_SCRYPT:
         if passphrase is None:
-            raise UserError(f"secret key {path} is encrypted: give its passphrase with --passphrase-file, "
-                            f"{PASSPHRASE_ENV} or on a terminal")
+            raise UserError(
+                f"secret key {path} is encrypted: give its passphrase with --passphrase-file, "
+                f"{PASSPHRASE_ENV} or on a terminal"
+            )
         payload = _xor(payload, _scrypt_stream(passphrase(), salt, opslimit, memlimit, f"secret key {path}"))
     elif kdf != KDF_NONE:
-        raise UserError(f"secret key {path} uses an unknown key derivation {kdf!r}: only scrypt (Sc) "
-                        "and unencrypted keys are supported")
+        raise UserError(
+            f"secret key {path} uses an unknown key derivation {kdf!r}: only scrypt (Sc) "
+            "and unencrypted keys are supported"
+        )
     keynum, sk, checksum = payload[:8], payload[8:72], payload[72:]
     if checksum != _secret_checksum(keynum, sk):
         # minisign 0.11 leaves the checksum of an unencrypted (-W) key all zero.
@@ -186,8 +193,11 @@ def load_public_key(path_or_text: Path | str) -> PublicKey:
         blob = _decode_key_file(_read_text(path_or_text, "public key"), PUBLIC_KEY_BYTES, where)
     else:
         where, text = "public key", path_or_text.strip()
-        blob = (_decode_key_file(text, PUBLIC_KEY_BYTES, where) if "\n" in text
-                else _decode_b64(text, PUBLIC_KEY_BYTES, where))
+        blob = (
+            _decode_key_file(text, PUBLIC_KEY_BYTES, where)
+            if "\n" in text
+            else _decode_b64(text, PUBLIC_KEY_BYTES, where)
+        )
     if blob[:2] != SIG_ALG:
         raise UserError(f"{where} is not a minisign Ed25519 public key (algorithm {blob[:2]!r})")
     return PublicKey(blob[2:10], Ed25519PublicKey.from_public_bytes(blob[10:]))
@@ -232,33 +242,44 @@ def verify_file(path: Path, key: PublicKey, signature_path: Path | None = None) 
 def parse_signature(text: str, where: str = "signature") -> Signature:
     lines = _lines(text)
     if len(lines) < 4 or not lines[0].startswith(UNTRUSTED_PREFIX) or not lines[2].startswith(TRUSTED_PREFIX):
-        raise UserError(f"{where} is not a minisign signature (expected 4 lines: untrusted comment, "
-                        "signature, trusted comment, global signature)")
+        raise UserError(
+            f"{where} is not a minisign signature (expected 4 lines: untrusted comment, "
+            "signature, trusted comment, global signature)"
+        )
     blob = _decode_b64(lines[1], SIGNATURE_BYTES, f"{where} line 2")
     if blob[:2] == SIG_ALG:
-        raise UserError(f"{where} is a legacy non-prehashed ('Ed') signature: re-sign it with "
-                        "`buildkit sign` or a current minisign (prehashed 'ED')")
+        raise UserError(
+            f"{where} is a legacy non-prehashed ('Ed') signature: re-sign it with "
+            "`buildkit sign` or a current minisign (prehashed 'ED')"
+        )
     if blob[:2] != SIG_ALG_PREHASHED:
         raise UserError(f"{where} uses an unknown signature algorithm {blob[:2]!r}")
-    return Signature(keynum=blob[2:10], signature=blob[10:],
-                     trusted_comment=lines[2][len(TRUSTED_PREFIX):],
-                     global_signature=_decode_b64(lines[3], 64, f"{where} line 4"))
+    return Signature(
+        keynum=blob[2:10],
+        signature=blob[10:],
+        trusted_comment=lines[2][len(TRUSTED_PREFIX) :],
+        global_signature=_decode_b64(lines[3], 64, f"{where} line 4"),
+    )
 
 
 def _sign_prehash(digest: bytes, key: SecretKey, trusted_comment: str) -> str:
     comment = _checked_trusted_comment(trusted_comment)
     signature = key.private.sign(digest)
     global_signature = key.private.sign(signature + comment.encode())
-    return (f"{UNTRUSTED_PREFIX}signature from buildkit secret key {key.key_id}\n"
-            f"{_b64(SIG_ALG_PREHASHED + key.keynum + signature)}\n"
-            f"{TRUSTED_PREFIX}{comment}\n"
-            f"{_b64(global_signature)}\n")
+    return (
+        f"{UNTRUSTED_PREFIX}signature from buildkit secret key {key.key_id}\n"
+        f"{_b64(SIG_ALG_PREHASHED + key.keynum + signature)}\n"
+        f"{TRUSTED_PREFIX}{comment}\n"
+        f"{_b64(global_signature)}\n"
+    )
 
 
 def _verify_prehash(digest: bytes, signature: Signature, key: PublicKey) -> str:
     if signature.keynum != key.keynum:
-        raise VerificationFailed(f"signed by key {key_id_text(signature.keynum)}, not by the given public key "
-                                 f"{key.key_id}: verify with the signer's public key")
+        raise VerificationFailed(
+            f"signed by key {key_id_text(signature.keynum)}, not by the given public key "
+            f"{key.key_id}: verify with the signer's public key"
+        )
     try:
         key.key.verify(signature.signature, digest)
     except InvalidSignature:
@@ -273,8 +294,10 @@ def _verify_prehash(digest: bytes, signature: Signature, key: PublicKey) -> str:
 def _checked_trusted_comment(comment: str) -> str:
     _one_line(comment, "trusted comment")
     if len(comment.encode()) > MAX_TRUSTED_COMMENT_BYTES:
-        raise UserError(f"trusted comment is {len(comment.encode())} bytes: minisign reads at most "
-                        f"{MAX_TRUSTED_COMMENT_BYTES}; shorten it")
+        raise UserError(
+            f"trusted comment is {len(comment.encode())} bytes: minisign reads at most "
+            f"{MAX_TRUSTED_COMMENT_BYTES}; shorten it"
+        )
     return comment
 
 
@@ -302,8 +325,9 @@ def read_passphrase(passphrase_file: Path | None, what: str, confirm: bool = Fal
     if os.environ.get(PASSPHRASE_ENV):
         return os.fsencode(os.environ[PASSPHRASE_ENV])
     if not sys.stdin.isatty():
-        raise UserError(f"{what} needs a passphrase and there is no terminal to ask: "
-                        f"use --passphrase-file or {PASSPHRASE_ENV}")
+        raise UserError(
+            f"{what} needs a passphrase and there is no terminal to ask: use --passphrase-file or {PASSPHRASE_ENV}"
+        )
     passphrase = getpass.getpass(f"Passphrase for {what}: ").encode()
     if confirm and getpass.getpass("Passphrase (again): ").encode() != passphrase:
         raise UserError("the two passphrases differ: run the command again")
@@ -322,8 +346,11 @@ def _development_key(dev_key_dir: Path) -> SecretKey:
                 raise
             # Another build created it at the same moment (the link is atomic): use that one.
     key = load_secret_key(secret_path, passphrase=None)
-    print(f"buildkit: warning: signing with the development key {secret_path} (key id {key.key_id}, "
-          f"unencrypted): not for production; pass --key or set {KEY_ENV}", file=sys.stderr)
+    print(
+        f"buildkit: warning: signing with the development key {secret_path} (key id {key.key_id}, "
+        f"unencrypted): not for production; pass --key or set {KEY_ENV}",
+        file=sys.stderr,
+    )
     return key
 
 
@@ -363,8 +390,10 @@ def _scrypt_stream(passphrase: bytes, salt: bytes, opslimit: int, memlimit: int,
     n, r, p = scrypt_parameters(opslimit, memlimit)
     needed = 128 * r * (n + p + 2)
     if p < 1 or needed > SCRYPT_MAXMEM:
-        raise UserError(f"{where} asks for scrypt N={n} r={r} p={p} (opslimit {opslimit}, memlimit "
-                        f"{memlimit}), beyond what buildkit supports: re-encrypt it with minisign's defaults")
+        raise UserError(
+            f"{where} asks for scrypt N={n} r={r} p={p} (opslimit {opslimit}, memlimit "
+            f"{memlimit}), beyond what buildkit supports: re-encrypt it with minisign's defaults"
+        )
     return hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=SECRET_PAYLOAD_BYTES)
 
 
@@ -389,8 +418,9 @@ def _decode_b64(text: str, length: int, where: str) -> bytes:
 def _decode_key_file(text: str, length: int, where: str) -> bytes:
     lines = _lines(text)
     if len(lines) < 2 or not lines[0].startswith(UNTRUSTED_PREFIX):
-        raise UserError(f"{where} is not a minisign key file (expected an 'untrusted comment:' line, "
-                        "then one base64 line)")
+        raise UserError(
+            f"{where} is not a minisign key file (expected an 'untrusted comment:' line, then one base64 line)"
+        )
     return _decode_b64(lines[1], length, f"{where} line 2")
 
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import functools
 import gzip
+import io
 import lzma
 import os
 import posixpath
@@ -38,12 +40,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, Protocol
 
 import zstandard
 
-from buildkit.archgate.model import Finding
 from buildkit.errors import UserError
+from buildkit.finding import Finding
 from buildkit.toolchain import require_tool
 
 DEFAULT_MAX_EXTRACT = 4 << 30
@@ -66,17 +68,28 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (257, b"ustar", "tar"),
 )
 _SUFFIXES: tuple[tuple[str, str], ...] = (
-    (".tar.gz", "tar.gz"), (".tgz", "tar.gz"),
-    (".tar.xz", "tar.xz"), (".txz", "tar.xz"),
-    (".tar.zst", "tar.zst"), (".tzst", "tar.zst"),
-    (".tar.bz2", "tar.bz2"), (".tbz2", "tar.bz2"),
-    (".tar", "tar"), (".whl", "zip"), (".zip", "zip"),
-    (".squashfs", "squashfs"), (".sqfs", "squashfs"),
+    (".tar.gz", "tar.gz"),
+    (".tgz", "tar.gz"),
+    (".tar.xz", "tar.xz"),
+    (".txz", "tar.xz"),
+    (".tar.zst", "tar.zst"),
+    (".tzst", "tar.zst"),
+    (".tar.bz2", "tar.bz2"),
+    (".tbz2", "tar.bz2"),
+    (".tar", "tar"),
+    (".whl", "zip"),
+    (".zip", "zip"),
+    (".squashfs", "squashfs"),
+    (".sqfs", "squashfs"),
 )
 _FORMAT_NAMES = {
-    "tar": "tar archive", "tar.gz": "gzip-compressed tar archive", "tar.xz": "xz-compressed tar archive",
-    "tar.zst": "zstd-compressed tar archive", "tar.bz2": "bzip2-compressed tar archive",
-    "zip": "zip archive (wheel)", "squashfs": "squashfs image",
+    "tar": "tar archive",
+    "tar.gz": "gzip-compressed tar archive",
+    "tar.xz": "xz-compressed tar archive",
+    "tar.zst": "zstd-compressed tar archive",
+    "tar.bz2": "bzip2-compressed tar archive",
+    "zip": "zip archive (wheel)",
+    "squashfs": "squashfs image",
 }
 
 
@@ -85,9 +98,20 @@ class _DamagedArchive(Exception):
 
 
 # What a damaged archive raises while it is read; each becomes a UserError naming the input.
-_CORRUPT_ARCHIVE_ERRORS = (_DamagedArchive, tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError,
-                           zlib.error, lzma.LZMAError, zstandard.ZstdError, OSError, ValueError, UnicodeError,
-                           NotImplementedError)  # zipfile: a zip version or feature it cannot read
+_CORRUPT_ARCHIVE_ERRORS = (
+    _DamagedArchive,
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    zstandard.ZstdError,
+    OSError,
+    ValueError,
+    UnicodeError,
+    NotImplementedError,
+)  # zipfile: a zip version or feature it cannot read
 
 _HINTS = {
     "walk.absolute_path": "rebuild the archive with paths relative to its root (tar -C DIR -c .)",
@@ -104,8 +128,12 @@ _HINTS = {
     "walk.too_deep": f"nest directories at most {MAX_DEPTH} levels deep",
     "walk.unreadable": "make the file readable (unencrypted, a supported compression) and try again",
 }
-_UNSAFE_KINDS = {"device": "a device node", "fifo": "a fifo", "socket": "a socket",
-                 "special": "an unsupported file type"}
+_UNSAFE_KINDS = {
+    "device": "a device node",
+    "fifo": "a fifo",
+    "socket": "a socket",
+    "special": "an unsupported file type",
+}
 
 
 @dataclass(frozen=True)
@@ -142,9 +170,11 @@ class _Limits:
     max_members: int
 
     @classmethod
-    def from_env(cls) -> "_Limits":
-        return cls(_size_from_env("BUILDKIT_MAX_EXTRACT", DEFAULT_MAX_EXTRACT),
-                   _size_from_env("BUILDKIT_MAX_MEMBERS", DEFAULT_MAX_MEMBERS))
+    def from_env(cls) -> _Limits:
+        return cls(
+            _size_from_env("BUILDKIT_MAX_EXTRACT", DEFAULT_MAX_EXTRACT),
+            _size_from_env("BUILDKIT_MAX_MEMBERS", DEFAULT_MAX_MEMBERS),
+        )
 
 
 @dataclass(frozen=True)
@@ -250,7 +280,7 @@ def _archive_kind(path: Path) -> str | None:
     if head.startswith(b"\x7fELF"):
         return None
     for offset, magic, kind in _MAGIC:
-        if head[offset:offset + len(magic)] == magic:
+        if head[offset : offset + len(magic)] == magic:
             return kind
     name = path.name.lower()
     return next((kind for suffix, kind in _SUFFIXES if name.endswith(suffix)), None)
@@ -280,8 +310,7 @@ def _link_escapes(rel: str, target: str) -> bool:
 
 
 def _problem(where: str, rule: str, message: str, **evidence: object) -> Finding:
-    return Finding(path=where, rule=rule, severity="error", message=message, evidence=dict(evidence),
-                   hint=_HINTS[rule])
+    return Finding(path=where, rule=rule, severity="error", message=message, evidence=dict(evidence), hint=_HINTS[rule])
 
 
 def _kind_problem(where: str, member: _Member) -> Finding | None:
@@ -290,12 +319,14 @@ def _kind_problem(where: str, member: _Member) -> Finding | None:
         return _problem(where, "walk.unreadable", f"cannot be read: {member.detail}", reason=member.detail)
     if member.kind in _UNSAFE_KINDS:
         rule = "walk.special" if member.kind == "special" else f"walk.{member.kind}"
-        return _problem(where, rule, f"{_UNSAFE_KINDS[member.kind]}; not extracted, not followed",
-                        mode=oct(member.mode))
+        return _problem(
+            where, rule, f"{_UNSAFE_KINDS[member.kind]}; not extracted, not followed", mode=oct(member.mode)
+        )
     return None
 
 
 # Directories: read in place.
+
 
 def _scan_directory(root: Path) -> Iterator[_Member]:
     """Every entry below `root`, parents before children, without following any symlink."""
@@ -337,17 +368,23 @@ def _directory_tree(root: Path, shown: str) -> ArtifactTree:
             problems.append(_link_outside(where, member))
         elif problem := _kind_problem(where, member):
             problems.append(problem)
-    return ArtifactTree(root=root, display=shown, files=tuple(sorted(files)), is_tree=True,
-                        problems=tuple(problems), separator="/")
+    return ArtifactTree(
+        root=root, display=shown, files=tuple(sorted(files)), is_tree=True, problems=tuple(problems), separator="/"
+    )
 
 
 def _link_outside(where: str, member: _Member) -> Finding:
     what = "hard link" if member.kind == "hardlink" else "symlink"
-    return _problem(where, "walk.link_outside", f"{what} to {printable(member.target)} leaves the tree; not followed",
-                    target=printable(member.target))
+    return _problem(
+        where,
+        "walk.link_outside",
+        f"{what} to {printable(member.target)} leaves the tree; not followed",
+        target=printable(member.target),
+    )
 
 
 # Archives: unpacked into a private directory, member by member.
+
 
 def _extract(path: Path, kind: str, workdir: Path, shown: str) -> ArtifactTree:
     limits = _Limits.from_env()
@@ -362,8 +399,10 @@ def _extract(path: Path, kind: str, workdir: Path, shown: str) -> ArtifactTree:
         else:
             _read_tar(path, kind, extractor)
     except _CORRUPT_ARCHIVE_ERRORS as exc:
-        raise UserError(f"{path}: not a readable {_FORMAT_NAMES[kind]} ({_reason(exc)}): "
-                        "check that the file is complete and really of that format") from None
+        raise UserError(
+            f"{path}: not a readable {_FORMAT_NAMES[kind]} ({_reason(exc)}): "
+            "check that the file is complete and really of that format"
+        ) from None
     return extractor.finish()
 
 
@@ -379,8 +418,8 @@ class _Extractor:
         self.root = root
         self.display = display
         self.limits = limits
-        self.entries: dict[str, str] = {}   # rel -> "dir" | "file", as extracted
-        self.links: dict[str, str] = {}     # rel -> symlink target as stored; created by finish()
+        self.entries: dict[str, str] = {}  # rel -> "dir" | "file", as extracted
+        self.links: dict[str, str] = {}  # rel -> symlink target as stored; created by finish()
         self.dir_modes: dict[str, int] = {}
         self.problems: list[Finding] = []
         self.members = 0
@@ -388,8 +427,10 @@ class _Extractor:
 
     def expect_members(self, count: int) -> None:
         if count > self.limits.max_members:
-            raise UserError(f"{self.display}: {count} members, more than the limit of {self.limits.max_members}: "
-                            "set BUILDKIT_MAX_MEMBERS to allow more")
+            raise UserError(
+                f"{self.display}: {count} members, more than the limit of {self.limits.max_members}: "
+                "set BUILDKIT_MAX_MEMBERS to allow more"
+            )
 
     def charge(self, size: int) -> None:
         self.bytes_written += size
@@ -397,10 +438,12 @@ class _Extractor:
 
     def expect_bytes(self, total: int) -> None:
         if total > self.limits.max_bytes:
-            raise UserError(f"{self.display}: expands to more than {self.limits.max_bytes} bytes "
-                            "(a decompression bomb?): set BUILDKIT_MAX_EXTRACT to allow more")
+            raise UserError(
+                f"{self.display}: expands to more than {self.limits.max_bytes} bytes "
+                "(a decompression bomb?): set BUILDKIT_MAX_EXTRACT to allow more"
+            )
 
-    def add(self, member: _Member, read: Callable[[], BinaryIO] | None = None) -> None:
+    def add(self, member: _Member, read: Callable[[], IO[bytes]] | None = None) -> None:
         self.members += 1
         self.expect_members(self.members)
         rel = self._checked_name(member)
@@ -422,8 +465,9 @@ class _Extractor:
         for rel, mode in sorted(self.dir_modes.items(), key=lambda item: item[0].count("/"), reverse=True):
             os.chmod(self.root / rel, (mode & 0o777) | 0o700)
         files = tuple(sorted(rel for rel, kind in self.entries.items() if kind == "file"))
-        return ArtifactTree(root=self.root, display=self.display, files=files, is_tree=True,
-                            problems=tuple(self.problems))
+        return ArtifactTree(
+            root=self.root, display=self.display, files=files, is_tree=True, problems=tuple(self.problems)
+        )
 
     def _where(self, name: str) -> str:
         return f"{self.display}!{printable(name)}"
@@ -432,17 +476,24 @@ class _Extractor:
         """The member's path relative to the root, or None (the root itself, or reported)."""
         name = member.name
         if name.startswith("/"):
-            self.problems.append(_problem(self._where(name), "walk.absolute_path",
-                                          "member with an absolute path; not extracted"))
+            self.problems.append(
+                _problem(self._where(name), "walk.absolute_path", "member with an absolute path; not extracted")
+            )
             return None
         if ".." in re.split(r"[\\/]", name):
-            self.problems.append(_problem(self._where(name), "walk.parent_path",
-                                          "member path contains '..'; not extracted"))
+            self.problems.append(
+                _problem(self._where(name), "walk.parent_path", "member path contains '..'; not extracted")
+            )
             return None
         parts = [part for part in name.split("/") if part not in ("", ".")]
         if len(parts) > MAX_DEPTH:
-            self.problems.append(_problem(self._where(name[:200] + "..."), "walk.too_deep",
-                                          f"member path nested {len(parts)} levels deep; not extracted"))
+            self.problems.append(
+                _problem(
+                    self._where(name[:200] + "..."),
+                    "walk.too_deep",
+                    f"member path nested {len(parts)} levels deep; not extracted",
+                )
+            )
             return None
         return "/".join(parts) or None
 
@@ -452,8 +503,9 @@ class _Extractor:
             parent = "/".join(parts[:depth])
             if parent in self.links or self.entries.get(parent) == "file":
                 what = "a symlink" if parent in self.links else "a file"
-                self.problems.append(_problem(where, "walk.conflict",
-                                              f"its parent {printable(parent)} is {what}; not extracted"))
+                self.problems.append(
+                    _problem(where, "walk.conflict", f"its parent {printable(parent)} is {what}; not extracted")
+                )
                 return False
             if parent not in self.entries:
                 os.mkdir(self.root / parent, 0o755)
@@ -466,8 +518,9 @@ class _Extractor:
         if existing is None or (existing == "dir" and kind == "dir"):
             return True
         if "dir" in (existing, kind):
-            self.problems.append(_problem(where, "walk.conflict",
-                                          f"named again as a {kind} after a {existing}; not extracted"))
+            self.problems.append(
+                _problem(where, "walk.conflict", f"named again as a {kind} after a {existing}; not extracted")
+            )
             return False
         if existing == "symlink":
             del self.links[rel]
@@ -476,7 +529,7 @@ class _Extractor:
             del self.entries[rel]
         return True
 
-    def _place(self, rel: str, member: _Member, read: Callable[[], BinaryIO] | None, where: str) -> None:
+    def _place(self, rel: str, member: _Member, read: Callable[[], IO[bytes]] | None, where: str) -> None:
         if member.kind == "dir":
             self._make_dir(rel, member.mode)
         elif member.kind == "file" and read is not None:
@@ -492,7 +545,7 @@ class _Extractor:
             self.entries[rel] = "dir"
         self.dir_modes[rel] = mode
 
-    def _write_file(self, rel: str, mode: int, read: Callable[[], BinaryIO]) -> None:
+    def _write_file(self, rel: str, mode: int, read: Callable[[], IO[bytes]]) -> None:
         fd = os.open(self.root / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self.entries[rel] = "file"
         try:
@@ -506,8 +559,9 @@ class _Extractor:
 
     def _add_symlink(self, rel: str, member: _Member, where: str) -> None:
         if not member.target or "\0" in member.target:
-            self.problems.append(_problem(where, "walk.bad_link",
-                                          "symlink with an empty target or a NUL byte in it; not extracted"))
+            self.problems.append(
+                _problem(where, "walk.bad_link", "symlink with an empty target or a NUL byte in it; not extracted")
+            )
         elif _link_escapes(rel, member.target):
             self.problems.append(_link_outside(where, member))
         else:
@@ -518,10 +572,15 @@ class _Extractor:
         if member.target.startswith("/") or source.split("/")[0] == "..":
             self.problems.append(_link_outside(where, member))
         elif self.entries.get(source) != "file":
-            self.problems.append(_problem(where, "walk.hardlink_missing",
-                                          f"hard link to {printable(member.target)}, which is not an earlier "
-                                          "regular file of the archive; not extracted",
-                                          target=printable(member.target)))
+            self.problems.append(
+                _problem(
+                    where,
+                    "walk.hardlink_missing",
+                    f"hard link to {printable(member.target)}, which is not an earlier "
+                    "regular file of the archive; not extracted",
+                    target=printable(member.target),
+                )
+            )
         else:
             os.link(self.root / source, self.root / rel, follow_symlinks=False)
             self.entries[rel] = "file"
@@ -531,9 +590,14 @@ class _Extractor:
         parent = posixpath.dirname(rel)
         canonical = resolve_in_tree(target if target.startswith("/") else f"{parent}/{target}", self.links.get)
         if canonical is None:
-            self.problems.append(_problem(self._where(rel), "walk.link_loop",
-                                          f"symlink to {printable(target)} loops; not extracted",
-                                          target=printable(target)))
+            self.problems.append(
+                _problem(
+                    self._where(rel),
+                    "walk.link_loop",
+                    f"symlink to {printable(target)} loops; not extracted",
+                    target=printable(target),
+                )
+            )
             return
         try:
             os.symlink(posixpath.relpath(canonical or ".", parent or "."), self.root / rel)
@@ -541,7 +605,7 @@ class _Extractor:
             self.problems.append(_problem(self._where(rel), "walk.unreadable", f"cannot be extracted: {_reason(exc)}"))
 
 
-def _read_member_data(source: BinaryIO) -> bytes:
+def _read_member_data(source: _Readable) -> bytes:
     try:
         return source.read(COPY_CHUNK)
     except OSError as exc:  # gzip's BadGzipFile, a truncated stream: keep it apart from errors writing
@@ -554,14 +618,20 @@ def _write_all(fd: int, data: bytes, root: Path) -> None:
         try:
             written = os.write(fd, view)
         except OSError as exc:
-            raise UserError(f"{root}: cannot write the unpacked archive ({exc.strerror}): "
-                            "free some space or point TMPDIR elsewhere") from None
+            raise UserError(
+                f"{root}: cannot write the unpacked archive ({exc.strerror}): free some space or point TMPDIR elsewhere"
+            ) from None
         view = view[written:]
+
+
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
 
 
 # Tar archives, plain or compressed.
 
-_DECOMPRESSORS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
+# The standard library's decompressors are BufferedIOBase streams, zstandard's reader a BinaryIO.
+_DECOMPRESSORS: dict[str, Callable[[BinaryIO], io.BufferedIOBase | BinaryIO]] = {
     "tar": lambda raw: raw,
     "tar.gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
     "tar.xz": lambda raw: lzma.LZMAFile(raw),
@@ -571,12 +641,18 @@ _DECOMPRESSORS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
 
 
 def _read_tar(path: Path, kind: str, extractor: _Extractor) -> None:
-    with open(path, "rb") as raw, _DECOMPRESSORS[kind](raw) as stream, \
-            tarfile.open(fileobj=stream, mode="r|") as tar:
+    with open(path, "rb") as raw, _DECOMPRESSORS[kind](raw) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for info in tar:
             member = _tar_member(info)
-            extractor.add(member, (lambda info=info: tar.extractfile(info)) if member.kind == "file" else None)
+            extractor.add(member, functools.partial(_open_tar_file, tar, info) if member.kind == "file" else None)
         _require_zero_tail(tar.fileobj, extractor)
+
+
+def _open_tar_file(tar: tarfile.TarFile, info: tarfile.TarInfo) -> IO[bytes]:
+    stream = tar.extractfile(info)
+    if stream is None:  # tarfile gives no stream for anything but a file; only files come here
+        raise tarfile.ReadError(f"{info.name} has no data to read")
+    return stream
 
 
 def _tar_member(info: tarfile.TarInfo) -> _Member:
@@ -597,7 +673,7 @@ def _tar_member(info: tarfile.TarInfo) -> _Member:
     return _Member(info.name, kind, info.mode, info.linkname)
 
 
-def _require_zero_tail(stream: BinaryIO, extractor: _Extractor) -> None:
+def _require_zero_tail(stream: _Readable, extractor: _Extractor) -> None:
     """tarfile ends quietly at the first damaged header; only zero padding may follow the end."""
     while chunk := stream.read(COPY_CHUNK):
         extractor.charge(len(chunk))
@@ -617,7 +693,7 @@ def _read_zip(path: Path, extractor: _Extractor) -> None:
         extractor.expect_members(len(infos))
         for info in infos:
             member = _zip_member(archive, info)
-            extractor.add(member, (lambda info=info: archive.open(info)) if member.kind == "file" else None)
+            extractor.add(member, functools.partial(archive.open, info) if member.kind == "file" else None)
 
 
 def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Member:
@@ -650,17 +726,24 @@ def _read_squashfs(path: Path, staging: Path, extractor: _Extractor) -> None:
     extractor.expect_bytes(sum(int(m.group(2)) for m in entries if m.group(1) == "-"))
     _run_unsquashfs(path, [unsquashfs, "-no-progress", "-quiet", "-no-xattrs", "-d", str(staging), str(path)])
     for member in _scan_directory(staging):
-        extractor.add(member, (lambda name=member.name: open(staging / name, "rb")) if member.kind == "file" else None)
+        extractor.add(member, functools.partial(_open_binary, staging / member.name) if member.kind == "file" else None)
     _remove_tree(staging)
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return open(path, "rb")
 
 
 def _run_unsquashfs(path: Path, command: list[str]) -> str:
     try:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                              timeout=UNSQUASHFS_TIMEOUT_S, check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=UNSQUASHFS_TIMEOUT_S, check=False
+        )
     except subprocess.TimeoutExpired:
         raise UserError(f"{path}: unsquashfs took more than {UNSQUASHFS_TIMEOUT_S} s: is the image damaged?") from None
     if done.returncode != 0:
         said = [line for line in done.stderr.splitlines() if line.strip()] or ["unsquashfs failed"]
-        raise UserError(f"{path}: not a readable squashfs image ({printable(said[-1])}): check that the file is complete")
+        raise UserError(
+            f"{path}: not a readable squashfs image ({printable(said[-1])}): check that the file is complete"
+        )
     return done.stdout

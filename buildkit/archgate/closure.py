@@ -25,10 +25,10 @@ DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH, DT_RUNPATH = 0, 1,
 
 @dataclass(frozen=True)
 class LinkFacts:
-    rel: str                        # the object's path in the tree (POSIX, no leading '/')
+    rel: str  # the object's path in the tree (POSIX, no leading '/')
     interpreter: str | None
     needed: tuple[str, ...]
-    search_paths: tuple[str, ...]   # DT_RPATH / DT_RUNPATH entries, $ORIGIN expanded
+    search_paths: tuple[str, ...]  # DT_RPATH / DT_RUNPATH entries, $ORIGIN expanded
     soname: str | None
     float_abi: str | None
 
@@ -76,6 +76,7 @@ def _dynamic_strings(elf: ElfFile, entries: list[tuple[int, int]]) -> Callable[[
     def string(at: int) -> str:
         end = table.find(b"\0", at)
         return table[at:end].decode("utf-8", "replace") if 0 <= at < len(table) and end >= 0 else f"<bad string {at}>"
+
     return string
 
 
@@ -95,26 +96,44 @@ def check_closure(resolve: Resolver, objects: dict[str, LinkFacts], rules: Closu
     return report.issues()
 
 
-def _check_process(resolve: Resolver, exe: LinkFacts, objects: dict[str, LinkFacts], rules: ClosureRules,
-                   report: _ClosureReport) -> None:
+def _check_process(
+    resolve: Resolver, exe: LinkFacts, objects: dict[str, LinkFacts], rules: ClosureRules, report: _ClosureReport
+) -> None:
     interpreter = rules.interpreter(exe.interpreter or "")
     if interpreter is None:
         known = ", ".join(i.path for i in rules.interpreters)
-        report.add(exe.rel, "closure.interpreter", f"interpreter {exe.interpreter} is not one the target runs "
-                   f"({known})", {"interpreter": exe.interpreter})
+        report.add(
+            exe.rel,
+            "closure.interpreter",
+            f"interpreter {exe.interpreter} is not one the target runs ({known})",
+            {"interpreter": exe.interpreter},
+        )
     elif resolve(interpreter.path) not in objects:
-        report.add(exe.rel, "closure.missing", f"interpreter {interpreter.path} is not in the tree",
-                   {"library": interpreter.path})
+        report.add(
+            exe.rel,
+            "closure.missing",
+            f"interpreter {interpreter.path} is not in the tree",
+            {"library": interpreter.path},
+        )
     process_abi = interpreter.float_abi if interpreter else exe.float_abi
     if exe.float_abi and process_abi and exe.float_abi != process_abi:
-        report.add(exe.rel, "closure.float_abi", f"{exe.float_abi}-float executable with the "
-                   f"{process_abi}-float interpreter {exe.interpreter}",
-                   {"object_float_abi": exe.float_abi, "process_float_abi": process_abi})
+        report.add(
+            exe.rel,
+            "closure.float_abi",
+            f"{exe.float_abi}-float executable with the {process_abi}-float interpreter {exe.interpreter}",
+            {"object_float_abi": exe.float_abi, "process_float_abi": process_abi},
+        )
     _walk_libraries(resolve, exe, process_abi, objects, rules, report)
 
 
-def _walk_libraries(resolve: Resolver, start: LinkFacts, process_abi: str | None, objects: dict[str, LinkFacts],
-                    rules: ClosureRules, report: _ClosureReport) -> None:
+def _walk_libraries(
+    resolve: Resolver,
+    start: LinkFacts,
+    process_abi: str | None,
+    objects: dict[str, LinkFacts],
+    rules: ClosureRules,
+    report: _ClosureReport,
+) -> None:
     seen = {start.rel}
     queue = [start]
     while queue:
@@ -122,14 +141,21 @@ def _walk_libraries(resolve: Resolver, start: LinkFacts, process_abi: str | None
         for name in user.needed:
             library = _find_library(resolve, name, user, rules, objects)
             if library is None:
-                report.add(user.rel, "closure.missing", f"needs {name}, which is not in the tree",
-                           {"library": name, "searched": list(_search_dirs(user, rules))})
+                report.add(
+                    user.rel,
+                    "closure.missing",
+                    f"needs {name}, which is not in the tree",
+                    {"library": name, "searched": list(_search_dirs(user, rules))},
+                )
                 continue
             if library.float_abi and process_abi and library.float_abi != process_abi:
-                report.add(library.rel, "closure.float_abi",
-                           f"{library.float_abi}-float library loaded by a {process_abi}-float process",
-                           {"object_float_abi": library.float_abi, "process_float_abi": process_abi},
-                           process=start.rel)
+                report.add(
+                    library.rel,
+                    "closure.float_abi",
+                    f"{library.float_abi}-float library loaded by a {process_abi}-float process",
+                    {"object_float_abi": library.float_abi, "process_float_abi": process_abi},
+                    process=start.rel,
+                )
             if library.rel not in seen:
                 seen.add(library.rel)
                 queue.append(library)
@@ -140,8 +166,9 @@ def _search_dirs(user: LinkFacts, rules: ClosureRules) -> Iterator[str]:
     yield from rules.lib_dirs
 
 
-def _find_library(resolve: Resolver, name: str, user: LinkFacts, rules: ClosureRules,
-                  objects: dict[str, LinkFacts]) -> LinkFacts | None:
+def _find_library(
+    resolve: Resolver, name: str, user: LinkFacts, rules: ClosureRules, objects: dict[str, LinkFacts]
+) -> LinkFacts | None:
     candidates = [name] if "/" in name else [posixpath.join(d, name) for d in _search_dirs(user, rules)]
     for candidate in candidates:
         rel = resolve(candidate)

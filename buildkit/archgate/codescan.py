@@ -10,7 +10,7 @@ Speed comes from not disassembling what cannot matter. A regular expression over
 (C speed) steps over every encoding family that holds only ARMv6 instructions (data processing,
 LDR/STR, LDM/STM, B/BL; in Thumb-1 nearly everything) and stops at the candidates: media,
 multiply and extra load/store, misc, coprocessor/VFP/NEON, the unconditional space, and Thumb-2
-prefixes. Only distinct candidate words go through Capstone with detail. tests/test_codescan_prefilter.py
+prefixes. Only distinct candidate words go through Capstone with detail. tests/unit/test_codescan_prefilter.py
 shows the filter drops nothing the full decode would flag.
 
 Code and data: mapping symbols ($a/$t/$d, aaelf32 "Mapping symbols") split a section into ARM,
@@ -40,20 +40,25 @@ from buildkit.archgate.coderules import GROUP_RULES, CodeRules
 MAX_HITS_PER_OBJECT = 200
 
 GROUP_NAMES: Mapping[int, str] = {
-    value: name.removeprefix("ARM_GRP_")
-    for name, value in vars(arm_const).items() if name.startswith("ARM_GRP_")
+    value: name.removeprefix("ARM_GRP_") for name, value in vars(arm_const).items() if name.startswith("ARM_GRP_")
 }
 
 ARM, THUMB, DATA = "arm", "thumb", "data"
 
 # Encodings Capstone does not group correctly, as (mask, value) on the ARM word; the Thumb-2
 # VFP forms are the same 32 bits with hw1 in the top half.
-ARM_DIVIDE = ((0x0FF0F0F0, 0x0710F010), (0x0FF0F0F0, 0x0730F010))      # SDIV, UDIV
-VFP3_ONLY = ((0x0FBA0E50, 0x0EBA0A40),                                 # VCVT fixed-point
-             (0x0FB00EF0, 0x0EB00A00))                                 # VMOV immediate
-FP16_CONVERT = ((0x0FBE0E50, 0x0EB20A40),)                             # VCVTB / VCVTT
-ARM_UNPRIVILEGED_HALFWORD = ((0x0F3000F0, 0x003000B0), (0x0F3000F0, 0x003000D0),   # LDRHT, LDRSBT,
-                             (0x0F3000F0, 0x003000F0), (0x0F3000F0, 0x002000B0))   # LDRSHT, STRHT
+ARM_DIVIDE = ((0x0FF0F0F0, 0x0710F010), (0x0FF0F0F0, 0x0730F010))  # SDIV, UDIV
+VFP3_ONLY = (
+    (0x0FBA0E50, 0x0EBA0A40),  # VCVT fixed-point
+    (0x0FB00EF0, 0x0EB00A00),
+)  # VMOV immediate
+FP16_CONVERT = ((0x0FBE0E50, 0x0EB20A40),)  # VCVTB / VCVTT
+ARM_UNPRIVILEGED_HALFWORD = (
+    (0x0F3000F0, 0x003000B0),
+    (0x0F3000F0, 0x003000D0),  # LDRHT, LDRSBT,
+    (0x0F3000F0, 0x003000F0),
+    (0x0F3000F0, 0x002000B0),
+)  # LDRSHT, STRHT
 D_REGISTER = re.compile(r"\b([dq])(\d+)\b")
 
 
@@ -87,6 +92,7 @@ class CodeScanResult:
 
 # --- the pre-filter: regular expressions over little-endian code ----------------------------------
 
+
 def _byte_class(mask: int, value: int) -> bytes:
     members = [b for b in range(256) if b & mask == value]
     if len(members) == 256:
@@ -118,8 +124,14 @@ def _stepper(unit: bytes, wanted: bytes, skip: bytes = b"") -> re.Pattern[bytes]
 # unconditional space; multiplies and extra loads/stores; misc (BX, CLZ, SMC, HVC, ERET, CRC32, MRS
 # banked); MOVW/MOVT and the hint space; media (SDIV, BFI, UBFX, RBIT, and the v6 media ops);
 # coprocessor, VFP and NEON. The rest (data processing, LDR/STR, LDM/STM, B/BL) is ARMv4-v6.
-ARM_CANDIDATES = ((0xF0000000, 0xF0000000), (0x0E000090, 0x00000090), (0x0F900000, 0x01000000),
-                  (0x0F900000, 0x03000000), (0x0E000010, 0x06000010), (0x0C000000, 0x0C000000))
+ARM_CANDIDATES = (
+    (0xF0000000, 0xF0000000),
+    (0x0E000090, 0x00000090),
+    (0x0F900000, 0x01000000),
+    (0x0F900000, 0x03000000),
+    (0x0E000010, 0x06000010),
+    (0x0C000000, 0x0C000000),
+)
 ARM_SCAN = _stepper(b"....", _any_of(ARM_CANDIDATES, 4))
 
 # Thumb: 32-bit encodings except the BL/BLX pair (Thumb-1 has it), CBZ/CBNZ, IT and hints, and
@@ -131,28 +143,29 @@ THUMB_SCAN = _stepper(b"..", _either(THUMB_32BIT, _any_of(THUMB_16BIT_CANDIDATES
 
 # PC-relative loads and ADR: what they read is data (literal pools). Used only where no mapping
 # symbols say where the data is, and only once a section has hits.
-ARM_LITERAL_LOAD = 0x0F3F0000, 0x051F0000            # LDR/LDRB Rt, [PC, #+-imm12]
-ARM_VLDR_LITERAL = 0x0F3F0E00, 0x0D1F0A00            # VLDR Sd/Dd, [PC, #+-imm8*4]
-ARM_LDRD_LITERAL = 0x0F7F00F0, 0x014F00D0            # LDRD Rt, Rt2, [PC, #+-imm8]
-ARM_ADR = ((0x0FFF0000, 0x028F0000), (0x0FFF0000, 0x024F0000))   # ADD/SUB Rd, PC, #const
+ARM_LITERAL_LOAD = 0x0F3F0000, 0x051F0000  # LDR/LDRB Rt, [PC, #+-imm12]
+ARM_VLDR_LITERAL = 0x0F3F0E00, 0x0D1F0A00  # VLDR Sd/Dd, [PC, #+-imm8*4]
+ARM_LDRD_LITERAL = 0x0F7F00F0, 0x014F00D0  # LDRD Rt, Rt2, [PC, #+-imm8]
+ARM_ADR = ((0x0FFF0000, 0x028F0000), (0x0FFF0000, 0x024F0000))  # ADD/SUB Rd, PC, #const
 ARM_PC_RELATIVE = _stepper(b"....", _any_of((ARM_LITERAL_LOAD, ARM_VLDR_LITERAL, ARM_LDRD_LITERAL, *ARM_ADR), 4))
 # GCC's ARM switch dispatch `cmp rI, #N; ldrls pc, [pc, rI, lsl #2]`: after the default-case
 # branch come N+1 words of case addresses (data).
-ARM_TABLE_LOAD = 0x0FFFFFF0, 0x079FF100              # LDR<c> PC, [PC, Rm, LSL #2]
-ARM_CMP_IMMEDIATE = 0x0FF0F000, 0x03500000           # CMP Rn, #const
-ARM_CMP_REGISTER = 0x0FF0FFF0, 0x01500000            # CMP Rn, Rm
+ARM_TABLE_LOAD = 0x0FFFFFF0, 0x079FF100  # LDR<c> PC, [PC, Rm, LSL #2]
+ARM_CMP_IMMEDIATE = 0x0FF0F000, 0x03500000  # CMP Rn, #const
+ARM_CMP_REGISTER = 0x0FF0FFF0, 0x01500000  # CMP Rn, Rm
 CONDITION_LS = 0x9
 ARM_TABLE_DISPATCH = _stepper(b"....", _le_pattern(*ARM_TABLE_LOAD, 4))
-THUMB_LITERAL_LOAD = 0xF800, 0x4800                   # LDR Rt, [PC, #imm8*4]
+THUMB_LITERAL_LOAD = 0xF800, 0x4800  # LDR Rt, [PC, #imm8*4]
 THUMB_PC_RELATIVE = _stepper(b"..", _le_pattern(*THUMB_LITERAL_LOAD, 2), skip=THUMB_32BIT)
 
 
 # --- deciding one instruction ----------------------------------------------------------------------
 
+
 @cache
 def _disassembler(state: str) -> capstone.Cs:
     mode = capstone.CS_MODE_THUMB if state == THUMB else capstone.CS_MODE_ARM
-    md = capstone.Cs(capstone.CS_ARCH_ARM, mode | capstone.CS_MODE_V8)   # V8: decode everything, judge later
+    md = capstone.Cs(capstone.CS_ARCH_ARM, mode | capstone.CS_MODE_V8)  # V8: decode everything, judge later
     md.detail = True
     return md
 
@@ -190,8 +203,11 @@ def _highest_d_register(op_str: str) -> int:
 def _rejected_group_ids(rules: CodeRules) -> dict[int, tuple[int, str]]:
     """Capstone group id -> (priority, rule id) for the groups the profile rejects."""
     ids = {name: number for number, name in GROUP_NAMES.items()}
-    return {ids[group]: (priority, rule) for priority, (group, rule) in enumerate(GROUP_RULES)
-            if group in rules.reject_groups}
+    return {
+        ids[group]: (priority, rule)
+        for priority, (group, rule) in enumerate(GROUP_RULES)
+        if group in rules.reject_groups
+    }
 
 
 def classify(state: str, code: bytes, insn: capstone.CsInsn, rules: CodeRules) -> str | None:
@@ -218,7 +234,7 @@ def classify(state: str, code: bytes, insn: capstone.CsInsn, rules: CodeRules) -
     return None
 
 
-UNDECODED = ""   # a verdict: Capstone could not decode the word (data, or an undefined encoding)
+UNDECODED = ""  # a verdict: Capstone could not decode the word (data, or an undefined encoding)
 
 
 @dataclass
@@ -244,7 +260,7 @@ class _Verdicts:
 
     def _judge(self, state: str, code: bytes) -> str | None:
         if state == THUMB and not self.rules.thumb2 and not _is_thumb1(code):
-            return "code.thumb2"   # not Thumb-1, whatever it decodes to; _hit refines the listed ones
+            return "code.thumb2"  # not Thumb-1, whatever it decodes to; _hit refines the listed ones
         insn = decode(state, code)
         return UNDECODED if insn is None else classify(state, code, insn, self.rules)
 
@@ -271,17 +287,17 @@ class _Region:
 
 
 class _Function(NamedTuple):
-    start: int              # the symbol's value without the Thumb bit
+    start: int  # the symbol's value without the Thumb bit
     size: int
-    strtab: bytes           # the name is read only for a hit
+    strtab: bytes  # the name is read only for a hit
     name_offset: int
-    state: str              # THUMB when the value had bit 0 set
+    state: str  # THUMB when the value had bit 0 set
 
 
 @dataclass
 class _SectionSymbols:
     functions: list[_Function] = field(default_factory=list)
-    mapping: list[tuple[int, str]] = field(default_factory=list)                 # value, state
+    mapping: list[tuple[int, str]] = field(default_factory=list)  # value, state
 
     @cached_property
     def function_starts(self) -> list[int]:
@@ -293,15 +309,21 @@ def _executable_regions(elf: Any) -> list[_Region]:
     regions = [
         _Region(section.name, section["sh_addr"], section.data(), index)
         for index, section in enumerate(elf.iter_sections())
-        if section["sh_flags"] & SHF_EXECINSTR and section["sh_type"] != "SHT_NOBITS"
+        if section["sh_flags"] & SHF_EXECINSTR
+        and section["sh_type"] != "SHT_NOBITS"
         and section.name not in SKIPPED_SECTIONS
     ]
     if regions or elf.num_sections():
         return regions
     headers_end = elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"]
     return [
-        _Region(f"segment {index}", segment["p_vaddr"], segment.data(), None,
-                first_offset=headers_end if segment["p_offset"] == 0 else 0)
+        _Region(
+            f"segment {index}",
+            segment["p_vaddr"],
+            segment.data(),
+            None,
+            first_offset=headers_end if segment["p_offset"] == 0 else 0,
+        )
         for index, segment in enumerate(elf.iter_segments())
         if segment["p_type"] == "PT_LOAD" and segment["p_flags"] & PF_X
     ]
@@ -317,14 +339,16 @@ def _read_symbols(elf: Any) -> dict[int, _SectionSymbols]:
             continue
         strtab = elf.get_section(table["sh_link"]).data()
         data = table.data()
-        for name, value, size, info, _other, shndx in entry.iter_unpack(data[:len(data) - len(data) % entry.size]):
+        for name, value, size, info, _other, shndx in entry.iter_unpack(data[: len(data) - len(data) % entry.size]):
             kind = info & 0xF
             if kind == STT_FUNC:
                 by_section.setdefault(shndx, _SectionSymbols()).functions.append(
-                    _Function(value & ~1, size, strtab, name, THUMB if value & 1 else ARM))
+                    _Function(value & ~1, size, strtab, name, THUMB if value & 1 else ARM)
+                )
             elif kind == STT_NOTYPE and info >> 4 == STB_LOCAL and _is_mapping_symbol(strtab, name):
                 by_section.setdefault(shndx, _SectionSymbols()).mapping.append(
-                    (value, MAPPING_STATES[strtab[name:name + 2]]))
+                    (value, MAPPING_STATES[strtab[name : name + 2]])
+                )
     for symbols in by_section.values():
         symbols.functions.sort(key=lambda f: (f.start, -f.size))
         symbols.mapping.sort(key=lambda m: m[0])
@@ -333,7 +357,7 @@ def _read_symbols(elf: Any) -> dict[int, _SectionSymbols]:
 
 def _is_mapping_symbol(strtab: bytes, offset: int) -> bool:
     """$a, $t, $d, or their $x.<anything> forms (aaelf32 "Mapping symbols")."""
-    return strtab[offset:offset + 2] in MAPPING_STATES and strtab[offset + 2:offset + 3] in (b"\0", b".")
+    return strtab[offset : offset + 2] in MAPPING_STATES and strtab[offset + 2 : offset + 3] in (b"\0", b".")
 
 
 def _mapped_ranges(region: _Region, marks: list[tuple[int, str]]) -> list[tuple[int, int, str]]:
@@ -357,8 +381,11 @@ def _unmapped_ranges(region: _Region, symbols: _SectionSymbols | None) -> list[t
     size, cursor, ranges = len(region.data), region.first_offset, []
     for function in (f for f in functions if f.state != usual):
         start = function.start - region.address
-        end = start + function.size if function.size else \
-            _next_start(starts, function.start, region.address + size) - region.address
+        end = (
+            start + function.size
+            if function.size
+            else _next_start(starts, function.start, region.address + size) - region.address
+        )
         start, end = max(start, cursor), min(end, size)
         if start >= end:
             continue
@@ -383,6 +410,7 @@ def _aligned(start: int, end: int, state: str, address: int) -> tuple[int, int]:
 
 
 # --- literal pools ---------------------------------------------------------------------------------
+
 
 def _arm_loaded_words(address: int, word: int) -> tuple[int, ...]:
     """The addresses of the words a PC-relative ARM load reads (none if it is not one)."""
@@ -428,6 +456,7 @@ def _thumb_literal_halfwords(address: int, halfword: int) -> tuple[int, ...]:
 
 # --- the scan -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Candidate:
     address: int
@@ -456,8 +485,9 @@ def _pc_relative_data(region: _Region, ranges: list[tuple[int, int, str]]) -> se
     """Addresses of the words (Thumb: halfwords) that PC-relative loads and ADR read."""
     data: set[int] = set()
     for start, end, state in _code_ranges(region, ranges):
-        pattern, targets = ((ARM_PC_RELATIVE, _arm_literal_words) if state == ARM
-                            else (THUMB_PC_RELATIVE, _thumb_literal_halfwords))
+        pattern, targets = (
+            (ARM_PC_RELATIVE, _arm_literal_words) if state == ARM else (THUMB_PC_RELATIVE, _thumb_literal_halfwords)
+        )
         for match in pattern.finditer(region.data, start, end):
             if match.group(1) is not None:
                 data.update(targets(region.address + match.start(1), int.from_bytes(match.group(1), "little")))
@@ -486,7 +516,7 @@ def _bounding_compare(data: bytes, offset: int, register: int) -> int | None:
     """N of the `cmp rI, #N` (or `cmp rI, rN` with rN loaded from a literal pool) just before the
     dispatch at `offset`."""
     for back in range(offset - 4, max(offset - 16, -1), -4):
-        word = int.from_bytes(data[back:back + 4], "little")
+        word = int.from_bytes(data[back : back + 4], "little")
         if word >> 16 & 0xF != register:
             continue
         if word & ARM_CMP_IMMEDIATE[0] == ARM_CMP_IMMEDIATE[1]:
@@ -499,10 +529,10 @@ def _bounding_compare(data: bytes, offset: int, register: int) -> int | None:
 def _literal_in(data: bytes, offset: int, register: int) -> int | None:
     """The pool word an `ldr rR, [pc, #imm]` among the eight words before `offset` loads into rR."""
     for back in range(offset - 4, max(offset - 36, -1), -4):
-        word = int.from_bytes(data[back:back + 4], "little")
+        word = int.from_bytes(data[back : back + 4], "little")
         if word & 0x0F7F0000 == 0x051F0000 and word >> 12 & 0xF == register and word >> 28 != 0xF:
             target = back + 8 + (word & 0xFFF if word & (1 << 23) else -(word & 0xFFF))
-            return int.from_bytes(data[target:target + 4], "little") if 0 <= target <= len(data) - 4 else None
+            return int.from_bytes(data[target : target + 4], "little") if 0 <= target <= len(data) - 4 else None
     return None
 
 
@@ -520,23 +550,40 @@ def _enclosing_function(symbols: _SectionSymbols | None, address: int) -> tuple[
     if function.size and address >= function.start + function.size:
         return None, 0
     strtab, offset = function.strtab, function.name_offset
-    name = strtab[offset:strtab.find(b"\0", offset)].decode("utf-8", "replace")
+    name = strtab[offset : strtab.find(b"\0", offset)].decode("utf-8", "replace")
     return name or None, address - function.start
 
 
-def _hit(rule: str, candidate: _Candidate, region: _Region, symbols: _SectionSymbols | None,
-         rules: CodeRules) -> CodeHit:
+def _hit(
+    rule: str, candidate: _Candidate, region: _Region, symbols: _SectionSymbols | None, rules: CodeRules
+) -> CodeHit:
     """A listed hit, decoded at its address; a Thumb-2 encoding judged without decoding gets its
     exact rule (code.neon rather than code.thumb2, say) here."""
     symbol, offset = _enclosing_function(symbols, candidate.address)
     insn = decode(candidate.state, candidate.code, candidate.address)
     if insn is None:
-        return CodeHit(rule=rule, address=candidate.address, section=region.name, state=candidate.state,
-                       mnemonic=".inst", op_str=f"0x{_canonical_word(candidate.state, candidate.code):x}",
-                       symbol=symbol, symbol_offset=offset, groups=())
-    return CodeHit(rule=classify(candidate.state, candidate.code, insn, rules) or rule, address=candidate.address,
-                   section=region.name, state=candidate.state, mnemonic=insn.mnemonic, op_str=insn.op_str,
-                   symbol=symbol, symbol_offset=offset, groups=tuple(GROUP_NAMES.get(g, str(g)) for g in insn.groups))
+        return CodeHit(
+            rule=rule,
+            address=candidate.address,
+            section=region.name,
+            state=candidate.state,
+            mnemonic=".inst",
+            op_str=f"0x{_canonical_word(candidate.state, candidate.code):x}",
+            symbol=symbol,
+            symbol_offset=offset,
+            groups=(),
+        )
+    return CodeHit(
+        rule=classify(candidate.state, candidate.code, insn, rules) or rule,
+        address=candidate.address,
+        section=region.name,
+        state=candidate.state,
+        mnemonic=insn.mnemonic,
+        op_str=insn.op_str,
+        symbol=symbol,
+        symbol_offset=offset,
+        groups=tuple(GROUP_NAMES.get(g, str(g)) for g in insn.groups),
+    )
 
 
 def scan_elf(elf: Any, rules: CodeRules) -> CodeScanResult:
@@ -561,5 +608,10 @@ def scan_elf(elf: Any, rules: CodeRules) -> CodeScanResult:
         total += len(flagged)
         room = max(0, MAX_HITS_PER_OBJECT - len(hits))
         hits += [_hit(rule, c, region, section_symbols, rules) for c, rule in flagged[:room]]
-    return CodeScanResult(hits=tuple(hits), total_hits=total, bytes_scanned=scanned,
-                          used_mapping_symbols=used_mapping, undecoded_words=verdicts.undecoded)
+    return CodeScanResult(
+        hits=tuple(hits),
+        total_hits=total,
+        bytes_scanned=scanned,
+        used_mapping_symbols=used_mapping,
+        undecoded_words=verdicts.undecoded,
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, TypeAlias
 
 from elftools.elf.descriptions import describe_attr_tag_arm
 from elftools.elf.enums import ENUM_ATTR_TAG_ARM, ENUM_E_MACHINE, ENUM_E_TYPE
@@ -32,15 +32,16 @@ SHT_ARM_ATTRIBUTES = 0x70000003
 SHN_XINDEX = 0xFFFF
 ELF_CLASSES = {1: 32, 2: 64}
 ELF_DATA = {1: True, 2: False}  # little-endian?
+ByteOrder: TypeAlias = Literal["little", "big"]
 MACHINE_NAMES = {number: name for name, number in ENUM_E_MACHINE.items() if name.startswith("EM_")}
 TYPE_NAMES = {number: name for name, number in ENUM_E_TYPE.items() if name.startswith("ET_")}
 PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
 ATTRIBUTES_FORMAT_VERSION = ord("A")
 SCOPES = {1: "file", 2: "section", 3: "symbol"}
 TAG_NAMES = {number: name for name, number in ENUM_ATTR_TAG_ARM.items()}
-NTBS_TAGS = {4, 5, 67}          # Tag_CPU_raw_name, Tag_CPU_name, Tag_conformance
-TAG_COMPATIBILITY = 32          # uleb128 flag, then NTBS vendor
-TAG_ALSO_COMPATIBLE_WITH = 65   # NTBS wrapping a tag and its value
+NTBS_TAGS = {4, 5, 67}  # Tag_CPU_raw_name, Tag_CPU_name, Tag_conformance
+TAG_COMPATIBILITY = 32  # uleb128 flag, then NTBS vendor
+TAG_ALSO_COMPATIBLE_WITH = 65  # NTBS wrapping a tag and its value
 LAST_TAG_THAT_MUST_BE_KNOWN = 32
 FIRST_TAG_SAFE_TO_IGNORE = 64
 
@@ -57,8 +58,8 @@ class Issue:
 
 @dataclass(frozen=True)
 class Attribute:
-    scope: str           # "file" | "section" | "symbol"
-    tag: str             # pyelftools' name ("TAG_CPU_ARCH"), or "TAG_<number>" for a tag it does not know
+    scope: str  # "file" | "section" | "symbol"
+    tag: str  # pyelftools' name ("TAG_CPU_ARCH"), or "TAG_<number>" for a tag it does not know
     value: int | str
 
 
@@ -100,8 +101,8 @@ class ElfFile:
     stream: BinaryIO
     elfclass: int
     little_endian: bool
-    type: str                   # "ET_EXEC", as pyelftools names it
-    machine: str                # "EM_ARM"
+    type: str  # "ET_EXEC", as pyelftools names it
+    machine: str  # "EM_ARM"
     flags: int
     sections: tuple[Section, ...]
     segments: tuple[Segment, ...]
@@ -130,7 +131,7 @@ class ElfFile:
 # e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize e_phentsize e_phnum e_shentsize
 # e_shnum e_shstrndx, after the 16 bytes of e_ident
 _HEADER_FORMATS = {32: "HHIIIIIHHHHHH", 64: "HHIQQQIHHHHHH"}
-_SECTION_FORMATS = {32: "IIIIIIIIII", 64: "IIQQQQIIQQ"}   # sh_name sh_type sh_flags sh_addr sh_offset sh_size ...
+_SECTION_FORMATS = {32: "IIIIIIIIII", 64: "IIQQQQIIQQ"}  # sh_name sh_type sh_flags sh_addr sh_offset sh_size ...
 _SEGMENT_FORMATS = {32: "IIIIIIII", 64: "IIQQQQQQ"}
 EI_NIDENT = 16
 
@@ -145,20 +146,28 @@ def open_elf(stream: BinaryIO, file_size: int) -> ElfFile:
     fmt = order + _HEADER_FORMATS[elfclass]
     raw = stream.read(struct.calcsize(fmt))
     if len(raw) < struct.calcsize(fmt):
-        raise TruncatedObject(f"truncated: the ELF header needs {EI_NIDENT + struct.calcsize(fmt)} bytes, "
-                              f"the file has {file_size}")
-    (e_type, e_machine, _, _, phoff, shoff, flags, _, phentsize, phnum, shentsize, shnum,
-     shstrndx) = struct.unpack(fmt, raw)
-    elf = ElfFile(stream, elfclass, little, TYPE_NAMES.get(e_type, f"ET_{e_type:#x}"),
-                  MACHINE_NAMES.get(e_machine, f"EM_{e_machine}"), flags, (), ())
-    sections = _read_sections(elf, order + _SECTION_FORMATS[elfclass], shoff, shnum, shentsize, shstrndx,
-                              file_size)
+        raise TruncatedObject(
+            f"truncated: the ELF header needs {EI_NIDENT + struct.calcsize(fmt)} bytes, the file has {file_size}"
+        )
+    (e_type, e_machine, _, _, phoff, shoff, flags, _, phentsize, phnum, shentsize, shnum, shstrndx) = struct.unpack(
+        fmt, raw
+    )
+    elf = ElfFile(
+        stream,
+        elfclass,
+        little,
+        TYPE_NAMES.get(e_type, f"ET_{e_type:#x}"),
+        MACHINE_NAMES.get(e_machine, f"EM_{e_machine}"),
+        flags,
+        (),
+        (),
+    )
+    sections = _read_sections(elf, order + _SECTION_FORMATS[elfclass], shoff, shnum, shentsize, shstrndx, file_size)
     segments = _read_segments(elf, order + _SEGMENT_FORMATS[elfclass], phoff, phnum, phentsize, file_size)
     return ElfFile(stream, elfclass, little, elf.type, elf.machine, flags, sections, segments)
 
 
-def _table(elf: ElfFile, what: str, offset: int, count: int, entry_size: int, fmt: str,
-           file_size: int) -> list[tuple]:
+def _table(elf: ElfFile, what: str, offset: int, count: int, entry_size: int, fmt: str, file_size: int) -> list[tuple]:
     if count == 0:
         return []
     if entry_size != struct.calcsize(fmt):
@@ -167,8 +176,9 @@ def _table(elf: ElfFile, what: str, offset: int, count: int, entry_size: int, fm
     return list(struct.iter_unpack(fmt, elf.read(offset, count * entry_size)))
 
 
-def _read_sections(elf: ElfFile, fmt: str, offset: int, count: int, entry_size: int, names_index: int,
-                   file_size: int) -> tuple[Section, ...]:
+def _read_sections(
+    elf: ElfFile, fmt: str, offset: int, count: int, entry_size: int, names_index: int, file_size: int
+) -> tuple[Section, ...]:
     if offset and count == 0:  # more than 0xff00 sections: the count is section 0's sh_size
         count = _table(elf, "section header 0", offset, 1, entry_size, fmt, file_size)[0][5]
     rows = _table(elf, "section header table", offset, count if offset else 0, entry_size, fmt, file_size)
@@ -185,12 +195,13 @@ def _read_sections(elf: ElfFile, fmt: str, offset: int, count: int, entry_size: 
     return tuple(Section(i, c_string(names, r[0]), r[1], r[3], r[4], r[5]) for i, r in enumerate(rows))
 
 
-def _read_segments(elf: ElfFile, fmt: str, offset: int, count: int, entry_size: int,
-                   file_size: int) -> tuple[Segment, ...]:
+def _read_segments(
+    elf: ElfFile, fmt: str, offset: int, count: int, entry_size: int, file_size: int
+) -> tuple[Segment, ...]:
     rows = _table(elf, "program header table", offset, count, entry_size, fmt, file_size)
-    if elf.elfclass == 32:   # p_type p_offset p_vaddr p_paddr p_filesz p_memsz p_flags p_align
+    if elf.elfclass == 32:  # p_type p_offset p_vaddr p_paddr p_filesz p_memsz p_flags p_align
         segments = tuple(Segment(r[0], r[6], r[1], r[2], r[4]) for r in rows)
-    else:                    # p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align
+    else:  # p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align
         segments = tuple(Segment(r[0], r[1], r[2], r[3], r[5]) for r in rows)
     for i, seg in enumerate(segments):
         _require_inside(f"segment {i}", seg.offset, seg.filesz, file_size)
@@ -206,16 +217,23 @@ def c_string(table: bytes, offset: int) -> str:
     if offset >= len(table):
         return ""
     end = table.find(b"\0", offset)
-    return table[offset:end if end >= 0 else len(table)].decode("utf-8", "replace")
+    return table[offset : end if end >= 0 else len(table)].decode("utf-8", "replace")
 
 
 def check_header(elf: ElfFile, rules: HeaderRules) -> list[Issue]:
     """Class, byte order and machine first: when they are wrong nothing else about the object matters."""
     found = {"class": elf.elfclass, "endian": "little" if elf.little_endian else "big", "machine": elf.machine}
     wanted = {"class": rules.elf_class, "endian": rules.endian, "machine": rules.machine}
-    issues = [Issue(f"elf.{key}", "error", f"ELF {key} is {found[key]}, the target needs {wanted[key]}",
-                    {key: found[key], "expected": wanted[key]})
-              for key in ("machine", "class", "endian") if found[key] != wanted[key]]
+    issues = [
+        Issue(
+            f"elf.{key}",
+            "error",
+            f"ELF {key} is {found[key]}, the target needs {wanted[key]}",
+            {key: found[key], "expected": wanted[key]},
+        )
+        for key in ("machine", "class", "endian")
+        if found[key] != wanted[key]
+    ]
     if issues:
         return issues
     return _check_arm_flags(elf, rules)
@@ -228,14 +246,18 @@ def _check_arm_flags(elf: ElfFile, rules: HeaderRules) -> list[Issue]:
     issues = []
     if eabi not in rules.eabi_versions:
         relocatable_zero = eabi == 0 and rules.eabi0_relocatable and elf.type == "ET_REL"
-        issues.append(Issue("elf.eabi", "warning" if relocatable_zero else "error",
-                            f"EABI version {eabi}; the target needs {_listing(sorted(rules.eabi_versions))}",
-                            evidence))
+        issues.append(
+            Issue(
+                "elf.eabi",
+                "warning" if relocatable_zero else "error",
+                f"EABI version {eabi}; the target needs {_listing(sorted(rules.eabi_versions))}",
+                evidence,
+            )
+        )
     if flags & EF_ARM_BE8 and not rules.be8:
         issues.append(Issue("elf.be8", "error", "BE8 (big-endian) code; the target is little-endian", evidence))
     if flags & EF_ARM_ABI_FLOAT_SOFT and flags & EF_ARM_ABI_FLOAT_HARD:
-        issues.append(Issue("elf.float_abi", "error", "both the soft-float and the hard-float flags are set",
-                            evidence))
+        issues.append(Issue("elf.float_abi", "error", "both the soft-float and the hard-float flags are set", evidence))
     return issues
 
 
@@ -299,7 +321,8 @@ def _parse_attribute(reader: _Reader) -> tuple[int, int | str]:
 
 class _Reader:
     def __init__(self, data: bytes, little_endian: bool) -> None:
-        self.data, self.pos, self.order = data, 0, "little" if little_endian else "big"
+        self.data, self.pos = data, 0
+        self.order: ByteOrder = "little" if little_endian else "big"
 
     def require(self, condition: bool, what: str) -> None:
         if not condition:
@@ -316,7 +339,7 @@ class _Reader:
     def u32(self) -> int:
         self.require(self.pos + 4 <= len(self.data), "unexpected end")
         self.pos += 4
-        return int.from_bytes(self.data[self.pos - 4:self.pos], self.order)
+        return int.from_bytes(self.data[self.pos - 4 : self.pos], self.order)
 
     def uleb(self) -> int:
         value = shift = 0
@@ -331,7 +354,7 @@ class _Reader:
     def ntbs(self) -> str:
         end = self.data.find(b"\0", self.pos)
         self.require(end >= 0, "unterminated string")
-        text = self.data[self.pos:end].decode("utf-8", "replace")
+        text = self.data[self.pos : end].decode("utf-8", "replace")
         self.pos = end + 1
         return text
 
@@ -344,11 +367,15 @@ def check_attributes(attributes: tuple[Attribute, ...], rules: tuple[AttributeRu
             if value in rule.allow:
                 continue
             severity: Severity = "warning" if value in rule.warn else "error"
-            issues.append(Issue(rule.rule_id, severity,
-                                f"{rule.name} is {describe_value(rule.key, value)}; the profile allows "
-                                f"{_listing(describe_value(rule.key, v) for v in sorted(rule.allow))}",
-                                {"tag": rule.name, "value": value, "meaning": describe_value(rule.key, value),
-                                 "scope": scope}))
+            issues.append(
+                Issue(
+                    rule.rule_id,
+                    severity,
+                    f"{rule.name} is {describe_value(rule.key, value)}; the profile allows "
+                    f"{_listing(describe_value(rule.key, v) for v in sorted(rule.allow))}",
+                    {"tag": rule.name, "value": value, "meaning": describe_value(rule.key, value), "scope": scope},
+                )
+            )
     issues.extend(_unknown_tags(attributes))
     return issues
 
@@ -362,11 +389,14 @@ def _values_of(attributes: tuple[Attribute, ...], key: str) -> list[tuple[str, i
 
 def _unknown_tags(attributes: tuple[Attribute, ...]) -> list[Issue]:
     """Tags unknown to us below 64 may constrain the target; the spec lets tools ignore 64-127."""
-    unknown = sorted({a.tag for a in attributes
-                      if a.tag.startswith("TAG_") and a.tag[4:].isdigit()
-                      and int(a.tag[4:]) % 128 < FIRST_TAG_SAFE_TO_IGNORE})
-    return [Issue("attr.unknown", "warning", f"unknown build attribute tag {tag[4:]}", {"tag": tag})
-            for tag in unknown]
+    unknown = sorted(
+        {
+            a.tag
+            for a in attributes
+            if a.tag.startswith("TAG_") and a.tag[4:].isdigit() and int(a.tag[4:]) % 128 < FIRST_TAG_SAFE_TO_IGNORE
+        }
+    )
+    return [Issue("attr.unknown", "warning", f"unknown build attribute tag {tag[4:]}", {"tag": tag}) for tag in unknown]
 
 
 def describe_value(key: str, value: int | str) -> str:
@@ -385,7 +415,7 @@ def attribute_value(attributes: tuple[Attribute, ...] | None, key: str) -> int |
 
 
 def float_abi(elf: ElfFile, attributes: tuple[Attribute, ...] | None) -> str | None:
-    """"hard" or "soft" from the e_flags the linker sets, else from Tag_ABI_VFP_args; None when unknown
+    """ "hard" or "soft" from the e_flags the linker sets, else from Tag_ABI_VFP_args; None when unknown
     or compatible with both."""
     flags = elf.flags
     if flags & EF_ARM_ABI_FLOAT_HARD and not flags & EF_ARM_ABI_FLOAT_SOFT:
@@ -394,7 +424,8 @@ def float_abi(elf: ElfFile, attributes: tuple[Attribute, ...] | None) -> str | N
         return "soft"
     if attributes is None:
         return None
-    return {0: "soft", 1: "hard"}.get(attribute_value(attributes, "TAG_ABI_VFP_ARGS") or 0)
+    vfp_args = attribute_value(attributes, "TAG_ABI_VFP_ARGS") or 0
+    return {0: "soft", 1: "hard"}.get(vfp_args) if isinstance(vfp_args, int) else None
 
 
 def _listing(items: Any) -> str:

@@ -18,13 +18,23 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from elftools.elf.elffile import ELFFile
 
 from buildkit.archgate.closure import LinkFacts, check_closure, link_facts
-from buildkit.archgate.elfcheck import (AttributeParseError, ElfFile, Issue, attribute_value, check_attributes,
-                                        check_header, describe_value, float_abi, open_elf, read_attributes)
+from buildkit.archgate.elfcheck import (
+    AttributeParseError,
+    ElfFile,
+    Issue,
+    attribute_value,
+    check_attributes,
+    check_header,
+    describe_value,
+    float_abi,
+    open_elf,
+    read_attributes,
+)
 from buildkit.archgate.gobuildinfo import GoBuildInfo, read_go_buildinfo, read_go_function_table
-from buildkit.archgate.model import Finding, GateReport, ObjectInfo
+from buildkit.archgate.model import Finding, GateReport, ObjectInfo, Severity
 from buildkit.archgate.profile import Profile, Waiver, load_profile, load_waivers
 from buildkit.errors import UserError
-from buildkit.recipe import Waiver as RecipeWaiver
+from buildkit.target import DEFAULT_PROFILE
 from buildkit.walk import ArtifactTree, open_artifact
 
 if TYPE_CHECKING:  # the code scan loads Capstone: only when an object is scanned
@@ -36,14 +46,20 @@ EVIDENCE_HITS = 5
 EVIDENCE_NAMES = 12
 
 
-def verify_artifacts(paths: Sequence[Path], profile: str = "pi1", scan_code: bool = False,
-                     waiver_files: Sequence[Path] = (), extra_waivers: Sequence[RecipeWaiver] = (),
-                     display_root: str | None = None) -> GateReport:
+def verify_artifacts(
+    paths: Sequence[Path],
+    profile: str = DEFAULT_PROFILE,
+    scan_code: bool = False,
+    waiver_files: Sequence[Path] = (),
+    extra_waivers: Sequence[Waiver] = (),
+    display_root: str | None = None,
+    profile_base: Path | None = None,
+) -> GateReport:
     """Gate files, trees and archives; `display_root` renames a single input in the findings."""
     if not paths:
         raise UserError("verify artifact: no input given: name at least one file, directory or archive")
-    target = load_profile(profile)
-    waivers = load_waivers(target.name, waiver_files, extra_waivers)
+    target = load_profile(profile, profile_base)
+    waivers = load_waivers(target.lineage, waiver_files, extra_waivers)
     inputs: list[str] = []
     objects: list[ObjectInfo] = []
     findings: list[Finding] = []
@@ -56,10 +72,13 @@ def verify_artifacts(paths: Sequence[Path], profile: str = "pi1", scan_code: boo
         objects.extend(result.objects)
         findings.extend(result.findings)
         files += len(tree.files)
-    return GateReport(profile=target.name, inputs=tuple(inputs),
-                      objects=tuple(sorted(objects, key=lambda o: o.path)),
-                      findings=tuple(sorted(findings, key=lambda f: (f.path, f.rule, f.severity))),
-                      files_scanned=files)
+    return GateReport(
+        profile=target.name,
+        inputs=tuple(inputs),
+        objects=tuple(sorted(objects, key=lambda o: o.path)),
+        findings=tuple(sorted(findings, key=lambda f: (f.path, f.rule, f.severity))),
+        files_scanned=files,
+    )
 
 
 @dataclass
@@ -121,8 +140,12 @@ def _check_object(tree: ArtifactTree, rel: str, profile: Profile, scan_code: boo
         reader = _pyelftools_reader(stream)
         return _inspect(elf, reader, tree, rel, shown, digest, profile, scan_code)
     except Exception as exc:  # noqa: BLE001 - pyelftools and the scan raise many kinds on damaged input
-        issue = Issue("elf.parse", "error", f"starts like an ELF but does not parse: {_one_line(exc)}",
-                      {"error": type(exc).__name__, "detail": _one_line(exc)})
+        issue = Issue(
+            "elf.parse",
+            "error",
+            f"starts like an ELF but does not parse: {_one_line(exc)}",
+            {"error": type(exc).__name__, "detail": _one_line(exc)},
+        )
         return _ObjectResult(ObjectInfo(path=shown, sha256=digest, checks=("parse",)), [issue])
 
 
@@ -161,12 +184,19 @@ class _SectionsOnce(ELFFile):
         return self._sections[key]
 
 
-def _inspect(elf: ElfFile, reader: ELFFile, tree: ArtifactTree, rel: str, shown: str, digest: str,
-             profile: Profile, scan_code: bool) -> _ObjectResult:
+def _inspect(
+    elf: ElfFile,
+    reader: ELFFile,
+    tree: ArtifactTree,
+    rel: str,
+    shown: str,
+    digest: str,
+    profile: Profile,
+    scan_code: bool,
+) -> _ObjectResult:
     checks = ["header"]
     issues = check_header(elf, profile.header)
-    info = ObjectInfo(path=shown, sha256=digest, elf_type=elf.type, machine=elf.machine,
-                      checks=("header",))
+    info = ObjectInfo(path=shown, sha256=digest, elf_type=elf.type, machine=elf.machine, checks=("header",))
     if any(i.rule in HEADER_IDENTITY_RULES for i in issues):
         return _ObjectResult(info, issues)
     attributes = None
@@ -190,10 +220,17 @@ def _inspect(elf: ElfFile, reader: ELFFile, tree: ArtifactTree, rel: str, shown:
     result.link = facts if tree.is_tree else None
     cpu = attribute_value(attributes, "TAG_CPU_ARCH")
     result.info = replace(
-        info, cpu_arch=describe_value("TAG_CPU_ARCH", cpu) if cpu is not None else None, float_abi=abi,
-        interpreter=facts.interpreter, needed=facts.needed, soname=facts.soname,
-        go_version=go.go_version if go else None, goarm=go.goarm if go else None,
-        cgo_enabled=go.cgo_enabled if go else None, checks=tuple(checks))
+        info,
+        cpu_arch=describe_value("TAG_CPU_ARCH", cpu) if cpu is not None else None,
+        float_abi=abi,
+        interpreter=facts.interpreter,
+        needed=facts.needed,
+        soname=facts.soname,
+        go_version=go.go_version if go else None,
+        goarm=go.goarm if go else None,
+        cgo_enabled=go.cgo_enabled if go else None,
+        checks=tuple(checks),
+    )
     return result
 
 
@@ -201,15 +238,20 @@ def _check_go(go: GoBuildInfo, profile: Profile) -> list[Issue]:
     level = go.goarm_level
     if level is None or level in profile.goarm:
         return []
-    return [Issue("go.goarm", "error",
-                  f"Go binary built with GOARM={go.goarm}; the profile allows GOARM "
-                  f"{', '.join(str(v) for v in sorted(profile.goarm))}",
-                  {"goarm": go.goarm, "go_version": go.go_version, "cgo_enabled": go.cgo_enabled,
-                   "main_path": go.main_path})]
+    return [
+        Issue(
+            "go.goarm",
+            "error",
+            f"Go binary built with GOARM={go.goarm}; the profile allows GOARM "
+            f"{', '.join(str(v) for v in sorted(profile.goarm))}",
+            {"goarm": go.goarm, "go_version": go.go_version, "cgo_enabled": go.cgo_enabled, "main_path": go.main_path},
+        )
+    ]
 
 
-def _add_code_hits(result: _ObjectResult, elf: ElfFile, reader: ELFFile, profile: Profile,
-                   go: GoBuildInfo | None) -> None:
+def _add_code_hits(
+    result: _ObjectResult, elf: ElfFile, reader: ELFFile, profile: Profile, go: GoBuildInfo | None
+) -> None:
     from buildkit.archgate.codescan import scan_elf
 
     scan = scan_elf(reader, profile.code)
@@ -240,17 +282,33 @@ class _Findings:
         bare = symbol.split("+0x", 1)[0] if symbol else None
         return next((w for w in self.waivers if w.matches(rule, rel, bare)), None)
 
-    def _finding(self, rel: str, rule: str, severity: str, message: str, evidence: dict,
-                 waiver: Waiver | None) -> Finding:
+    def _finding(
+        self, rel: str, rule: str, severity: Severity, message: str, evidence: dict[str, Any], waiver: Waiver | None
+    ) -> Finding:
         if waiver is not None and severity == "error":
-            return Finding(self.tree.display_path(rel), rule, "waived", message, evidence,
-                           self.profile.hint(rule, self.in_wheel), waiver.id, waiver.reason)
-        return Finding(self.tree.display_path(rel), rule, severity, message, evidence,  # type: ignore[arg-type]
-                       self.profile.hint(rule, self.in_wheel))
+            return Finding(
+                self.tree.display_path(rel),
+                rule,
+                "waived",
+                message,
+                evidence,
+                self.profile.hint(rule, self.in_wheel),
+                waiver.id,
+                waiver.reason,
+            )
+        return Finding(
+            self.tree.display_path(rel),
+            rule,
+            severity,
+            message,
+            evidence,
+            self.profile.hint(rule, self.in_wheel),
+        )
 
     def from_issue(self, rel: str, issue: Issue) -> Finding:
-        return self._finding(rel, issue.rule, issue.severity, issue.message, issue.evidence,
-                             self._waiver(issue.rule, rel, None))
+        return self._finding(
+            rel, issue.rule, issue.severity, issue.message, issue.evidence, self._waiver(issue.rule, rel, None)
+        )
 
     def for_object(self, rel: str, checked: _ObjectResult) -> list[Finding]:
         findings = [self.from_issue(rel, issue) for issue in checked.issues]
@@ -260,13 +318,27 @@ class _Findings:
             groups.setdefault((hit.rule, waiver.id if waiver else None), []).append((hit, symbol))
         by_id = {w.id: w for w in self.waivers}
         for (rule, waiver_id), hits in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-            findings.append(self._finding(rel, rule, "error", _hits_message(rule, hits), _hits_evidence(hits),
-                                          by_id.get(waiver_id) if waiver_id else None))
+            findings.append(
+                self._finding(
+                    rel,
+                    rule,
+                    "error",
+                    _hits_message(rule, hits),
+                    _hits_evidence(hits),
+                    by_id.get(waiver_id) if waiver_id else None,
+                )
+            )
         if checked.unlisted_hits:
-            findings.append(self._finding(
-                rel, "code.unlisted", "error",
-                f"{checked.unlisted_hits} more instruction(s) above the target that the scan did not list",
-                {"count": checked.unlisted_hits}, self._waiver("code.unlisted", rel, None)))
+            findings.append(
+                self._finding(
+                    rel,
+                    "code.unlisted",
+                    "error",
+                    f"{checked.unlisted_hits} more instruction(s) above the target that the scan did not list",
+                    {"count": checked.unlisted_hits},
+                    self._waiver("code.unlisted", rel, None),
+                )
+            )
         return findings
 
 
@@ -281,9 +353,17 @@ def _hits_evidence(hits: list[tuple[CodeHit, str | None]]) -> dict:
         "count": len(hits),
         "mnemonics": sorted({h.mnemonic for h, _ in hits}),
         "symbols": sorted({s.split("+0x", 1)[0] for _, s in hits if s})[:EVIDENCE_NAMES],
-        "hits": [{"address": f"0x{h.address:x}", "section": h.section, "state": h.state,
-                  "instruction": f"{h.mnemonic} {h.op_str}".strip(), "symbol": s, "groups": list(h.groups)}
-                 for h, s in hits[:EVIDENCE_HITS]],
+        "hits": [
+            {
+                "address": f"0x{h.address:x}",
+                "section": h.section,
+                "state": h.state,
+                "instruction": f"{h.mnemonic} {h.op_str}".strip(),
+                "symbol": s,
+                "groups": list(h.groups),
+            }
+            for h, s in hits[:EVIDENCE_HITS]
+        ],
     }
 
 

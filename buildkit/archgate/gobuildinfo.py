@@ -12,7 +12,7 @@ import bisect
 import json
 from dataclasses import dataclass, field
 
-from buildkit.archgate.elfcheck import PT_LOAD, SHT_NOBITS, ElfFile, c_string
+from buildkit.archgate.elfcheck import PT_LOAD, SHT_NOBITS, ByteOrder, ElfFile, c_string
 
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
 BUILDINFO_HEADER_SIZE = 32
@@ -53,15 +53,15 @@ def read_go_buildinfo(elf: ElfFile) -> GoBuildInfo | None:
     offset = _find_magic(blob)
     if offset is None:
         return None
-    header = blob[offset:offset + BUILDINFO_HEADER_SIZE]
+    header = blob[offset : offset + BUILDINFO_HEADER_SIZE]
     ptr_size, flags = header[14], header[15]
     if flags & FLAG_INLINE_STRINGS:
         version, rest = _uvarint_string(blob, offset + BUILDINFO_HEADER_SIZE)
         modinfo, _ = _uvarint_string(blob, rest)
     else:
-        order = "big" if flags & FLAG_BIG_ENDIAN else "little"
-        version = _pointed_string(elf, header[16:16 + ptr_size], ptr_size, order)
-        modinfo = _pointed_string(elf, header[16 + ptr_size:16 + 2 * ptr_size], ptr_size, order)
+        order: ByteOrder = "big" if flags & FLAG_BIG_ENDIAN else "little"
+        version = _pointed_string(elf, header[16 : 16 + ptr_size], ptr_size, order)
+        modinfo = _pointed_string(elf, header[16 + ptr_size : 16 + 2 * ptr_size], ptr_size, order)
     if not version.startswith("go"):
         return None
     return _parse_modinfo(version, modinfo)
@@ -102,10 +102,10 @@ def _uvarint_string(blob: bytes, pos: int) -> tuple[str, int]:
     length, start = _uvarint(blob, pos)
     if length < 0 or start + length > len(blob):
         return "", len(blob)
-    return blob[start:start + length].decode("utf-8", "replace"), start + length
+    return blob[start : start + length].decode("utf-8", "replace"), start + length
 
 
-def _pointed_string(elf: ElfFile, pointer: bytes, ptr_size: int, order: str) -> str:
+def _pointed_string(elf: ElfFile, pointer: bytes, ptr_size: int, order: ByteOrder) -> str:
     """A Go string header {data, len} at a virtual address (the pre-1.18 layout)."""
     header = _read_vaddr(elf, int.from_bytes(pointer, order), 2 * ptr_size)
     if len(header) < 2 * ptr_size:
@@ -147,9 +147,9 @@ def _unquote(text: str) -> str:
 
 @dataclass(frozen=True)
 class GoFunctionTable:
-    entries: tuple[int, ...]     # sorted function entry addresses
+    entries: tuple[int, ...]  # sorted function entry addresses
     names: tuple[str, ...]
-    end: int                     # the address after the last function
+    end: int  # the address after the last function
 
     def symbol_at(self, address: int) -> tuple[str, int] | None:
         """The function containing `address` and the offset into it."""
@@ -165,13 +165,13 @@ def read_go_function_table(elf: ElfFile) -> GoFunctionTable | None:
     if section is None or section.type == SHT_NOBITS:
         return None
     tab = elf.read(section.offset, section.size)
-    order = "little" if elf.little_endian else "big"
+    order: ByteOrder = "little" if elf.little_endian else "big"
     if len(tab) < 8 or int.from_bytes(tab[:4], order) not in PCLNTAB_MAGICS:
         return None
     ptr = tab[7]
     if ptr not in (4, 8) or len(tab) < 8 + 8 * ptr:
         return None
-    word = [int.from_bytes(tab[8 + i * ptr:8 + (i + 1) * ptr], order) for i in range(8)]
+    word = [int.from_bytes(tab[8 + i * ptr : 8 + (i + 1) * ptr], order) for i in range(8)]
     nfunc, text_start, funcname_off, functab_off = word[0], word[2] or _text_address(elf), word[3], word[7]
     if functab_off + (nfunc + 1) * 8 > len(tab):
         return None
@@ -181,7 +181,7 @@ def read_go_function_table(elf: ElfFile) -> GoFunctionTable | None:
         name_pos = functab_off + func_off + 4
         if name_pos + 4 > len(tab):
             return None
-        name_off = int.from_bytes(tab[name_pos:name_pos + 4], order, signed=True)
+        name_off = int.from_bytes(tab[name_pos : name_pos + 4], order, signed=True)
         entries.append(text_start + entry_off)
         names.append(c_string(tab, funcname_off + name_off))
     end_off, _ = _u32_pair(tab, functab_off + nfunc * 8, order)
@@ -196,5 +196,5 @@ def _text_address(elf: ElfFile) -> int:
     return text.addr if text is not None else 0
 
 
-def _u32_pair(tab: bytes, pos: int, order: str) -> tuple[int, int]:
-    return int.from_bytes(tab[pos:pos + 4], order), int.from_bytes(tab[pos + 4:pos + 8], order)
+def _u32_pair(tab: bytes, pos: int, order: ByteOrder) -> tuple[int, int]:
+    return int.from_bytes(tab[pos : pos + 4], order), int.from_bytes(tab[pos + 4 : pos + 8], order)

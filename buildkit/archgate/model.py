@@ -6,32 +6,14 @@ schema"): fields are only ever added, and `schema` is bumped on any incompatible
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from buildkit.finding import Finding, Severity
+
+__all__ = ["Finding", "GateReport", "ObjectInfo", "Severity"]
 
 SCHEMA_VERSION = 1
-
-Severity = Literal["error", "warning", "waived", "info"]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One rule outcome for one object.
-
-    path: where the object is, archive members joined with '!' (`img.tar.gz!usr/lib/libx.so`).
-    rule: a stable id such as `attr.cpu_arch`, `go.goarm`, `code.v7`, `closure.missing`.
-    evidence: the facts behind it (tag values, GOARM, instruction + address + symbol).
-    hint: how to fix it. waiver: the id of the waiver that turned an error into `waived`.
-    """
-
-    path: str
-    rule: str
-    severity: Severity
-    message: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    hint: str = ""
-    waiver: str | None = None
-    waiver_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,12 +62,17 @@ class GateReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GateReport:
         """The inverse of `to_dict`, for reports kept in the build cache."""
+
         def tuples(d: dict[str, Any]) -> dict[str, Any]:
             return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(profile=data["profile"], inputs=tuple(data["inputs"]),
-                   objects=tuple(ObjectInfo(**tuples(o)) for o in data["objects"]),
-                   findings=tuple(Finding(**f) for f in data["findings"]),
-                   files_scanned=data["summary"]["files_scanned"])
+
+        return cls(
+            profile=data["profile"],
+            inputs=tuple(data["inputs"]),
+            objects=tuple(ObjectInfo(**tuples(o)) for o in data["objects"]),
+            findings=tuple(Finding(**f) for f in data["findings"]),
+            files_scanned=data["summary"]["files_scanned"],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -38,7 +38,7 @@ RULE_DOCS: dict[str, str] = {
     "attr.parse": "The .ARM.attributes section cannot be read.",
     "attr.unknown": "A build attribute tag this gate does not know and may not ignore.",
     "attr.*": "A build attribute (.ARM.attributes) outside the profile's allow-list: the object was "
-              "compiled for a CPU the target is not.",
+    "compiled for a CPU the target is not.",
     "go.goarm": "A Go binary built for a GOARM level the target cannot run.",
     "code.unlisted": "More instructions above the target than the scan lists.",
     "code.*": "Instructions the target CPU does not have, found by disassembling executable sections.",
@@ -78,16 +78,19 @@ def render_json(report: GateReport) -> str:
 
 def _summary(report: GateReport) -> str:
     s = report.to_dict()["summary"]
-    return (f"{report.verdict.upper()}: profile {report.profile}; files {s['files_scanned']}, "
-            f"ELF objects {s['elf_objects']}; errors {s['errors']}, waived {s['waived']}, warnings {s['warnings']}")
+    return (
+        f"{report.verdict.upper()}: profile {report.profile}; files {s['files_scanned']}, "
+        f"ELF objects {s['elf_objects']}; errors {s['errors']}, waived {s['waived']}, warnings {s['warnings']}"
+    )
 
 
 def _evidence_text(evidence: dict[str, Any]) -> str:
-    parts = []
+    parts: list[str] = []
     for key, value in evidence.items():
         if key == "hits":
-            parts.extend(f"{h['address']} {h['instruction']}" + (f" in {h['symbol']}" if h.get("symbol") else "")
-                         for h in value)
+            parts.extend(
+                f"{h['address']} {h['instruction']}" + (f" in {h['symbol']}" if h.get("symbol") else "") for h in value
+            )
         else:
             parts.append(f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
     return "; ".join(parts)
@@ -140,27 +143,40 @@ def render_sarif(report: GateReport) -> str:
     rule_ids = sorted({f.rule for f in report.findings})
     index = {rule: i for i, rule in enumerate(rule_ids)}
     hints = {f.rule: f.hint for f in report.findings if f.hint}
-    rules = [{
-        "id": rule,
-        "name": rule.replace(".", "_"),
-        "shortDescription": {"text": _rule_doc(rule)},
-        "fullDescription": {"text": _rule_doc(rule)},
-        "help": {"text": hints.get(rule) or _rule_doc(rule)},
-        "defaultConfiguration": {"level": "error"},
-        "properties": {"tags": ["arch-gate", report.profile]},
-    } for rule in rule_ids]
+    rules = [
+        {
+            "id": rule,
+            "name": rule.replace(".", "_"),
+            "shortDescription": {"text": _rule_doc(rule)},
+            "fullDescription": {"text": _rule_doc(rule)},
+            "help": {"text": hints.get(rule) or _rule_doc(rule)},
+            "defaultConfiguration": {"level": "error"},
+            "properties": {"tags": ["arch-gate", report.profile]},
+        }
+        for rule in rule_ids
+    ]
     artifacts = sorted({_artifact_and_member(f.path)[0] for f in report.findings})
     sarif = {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {"name": "buildkit", "version": __version__, "informationUri": INFORMATION_URI,
-                                "rules": rules}},
-            "artifacts": [{"location": {"uri": _uri(a)}} for a in artifacts],
-            "results": [_sarif_result(f, index[f.rule], artifacts.index(_artifact_and_member(f.path)[0]))
-                        for f in report.findings],
-            "properties": {"profile": report.profile, "verdict": report.verdict, "inputs": list(report.inputs)},
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "buildkit",
+                        "version": __version__,
+                        "informationUri": INFORMATION_URI,
+                        "rules": rules,
+                    }
+                },
+                "artifacts": [{"location": {"uri": _uri(a)}} for a in artifacts],
+                "results": [
+                    _sarif_result(f, index[f.rule], artifacts.index(_artifact_and_member(f.path)[0]))
+                    for f in report.findings
+                ],
+                "properties": {"profile": report.profile, "verdict": report.verdict, "inputs": list(report.inputs)},
+            }
+        ],
     }
     return json.dumps(sarif, indent=2) + "\n"
 
@@ -171,8 +187,9 @@ def _uri(path: str) -> str:
 
 def _sarif_result(f: Finding, rule_index: int, artifact_index: int) -> dict[str, Any]:
     artifact, member = _artifact_and_member(f.path)
-    location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": _uri(artifact),
-                                                                          "index": artifact_index}}}
+    location: dict[str, Any] = {
+        "physicalLocation": {"artifactLocation": {"uri": _uri(artifact), "index": artifact_index}}
+    }
     if member:
         location["logicalLocations"] = [{"fullyQualifiedName": member, "kind": "member"}]
     text = f"{f.path}: {f.message}" + (f" Fix: {f.hint}" if f.hint and not f.waiver else "")
@@ -185,8 +202,9 @@ def _sarif_result(f: Finding, rule_index: int, artifact_index: int) -> dict[str,
         "properties": {"severity": f.severity, "evidence": f.evidence},
     }
     if f.waiver:
-        result["suppressions"] = [{"kind": "external", "status": "accepted",
-                                   "justification": f"{f.waiver}: {f.waiver_reason}"}]
+        result["suppressions"] = [
+            {"kind": "external", "status": "accepted", "justification": f"{f.waiver}: {f.waiver_reason}"}
+        ]
     return result
 
 
@@ -195,16 +213,25 @@ def render_junit(report: GateReport) -> str:
     for f in report.findings:
         by_path.setdefault(f.path, []).append(f)
     failures = sum(1 for findings in by_path.values() if any(f.severity == "error" for f in findings))
-    suites = ElementTree.Element("testsuites", name="buildkit arch gate", tests=str(len(by_path)),
-                                 failures=str(failures), errors="0")
-    suite = ElementTree.SubElement(suites, "testsuite", name=f"buildkit.verify.{report.profile}",
-                                   tests=str(len(by_path)), failures=str(failures), errors="0", skipped="0")
+    suites = ElementTree.Element(
+        "testsuites", name="buildkit arch gate", tests=str(len(by_path)), failures=str(failures), errors="0"
+    )
+    suite = ElementTree.SubElement(
+        suites,
+        "testsuite",
+        name=f"buildkit.verify.{report.profile}",
+        tests=str(len(by_path)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+    )
     for path in sorted(by_path):
         case = ElementTree.SubElement(suite, "testcase", classname=f"verify.{report.profile}", name=path)
         errors = [f for f in by_path[path] if f.severity == "error"]
         if errors:
-            failure = ElementTree.SubElement(case, "failure", type=errors[0].rule,
-                                             message="; ".join(f"{f.rule}: {f.message}" for f in errors))
+            failure = ElementTree.SubElement(
+                case, "failure", type=errors[0].rule, message="; ".join(f"{f.rule}: {f.message}" for f in errors)
+            )
             failure.text = "\n".join(_junit_detail(f) for f in errors)
         others = [f for f in by_path[path] if f.severity != "error"]
         if others:

@@ -1,10 +1,11 @@
 """ARM programs run in a container of any Docker-API engine, QEMU doing the emulation through the
 host's binfmt_misc: how the docker backend of the Python path runs the steps that need ARM code.
 
-A tree on the host becomes a one-layer linux/arm/v5 image (a `docker save` archive, so that the
-platform survives without a registry), the program runs in a container with an init (an emulated
-PID 1 hangs on SIGILL), QEMU_CPU=arm1176 in its environment (so that every process it starts is an
-ARM1176 too, not QEMU's default CPU), no network and a timeout. The files it creates under the
+A tree on the host becomes a one-layer image of the userland's platform (linux/arm/v5 for armel; a
+`docker save` archive, so that the platform survives without a registry), the program runs in a
+container with an init (an emulated PID 1 hangs on SIGILL), QEMU_CPU set to the target's CPU in its
+environment (so that every process it starts is an ARM1176 too, not QEMU's default CPU), no network
+and a timeout. The files it creates under the
 declared output directories are copied back into the tree; the container and the image are removed.
 """
 
@@ -17,20 +18,24 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 from buildkit.errors import UserError
-from buildkit.fsutil import source_date_epoch, tar_tree_deterministic
+from buildkit.fsutil import tar_tree_deterministic
+from buildkit.host import BINFMT_DIR, require_qemu_arm
 
 IMAGE_REPOSITORY = "buildkit-pyrootfs"
-ENGINE_HINT = ("start a Docker-API engine (dockerd, or `podman system service`) and point DOCKER_HOST at it, "
-               "or set python.backend = \"native\"")
+ENGINE_HINT = (
+    "start a Docker-API engine (dockerd, or `podman system service`) and point DOCKER_HOST at it, "
+    'or set python.backend = "native"'
+)
 ARM_STEP_TIMEOUT = 1800.0
 
 
-def docker_runner() -> DockerRunner:
+def docker_runner(platform: str, qemu_cpu: str, epoch: int) -> DockerRunner:
     """Connect to the engine of DOCKER_HOST (or the default socket) and check binfmt_misc first, so
     that a missing engine or QEMU handler is reported before anything is downloaded."""
     import docker
@@ -43,17 +48,11 @@ def docker_runner() -> DockerRunner:
     except DockerException as exc:
         raise UserError(f"no Docker-API engine at {where} ({first_line(exc)}): {ENGINE_HINT}") from None
     check_binfmt_qemu_arm()
-    return DockerRunner(client)
+    return DockerRunner(client, platform, qemu_cpu, epoch)
 
 
-def check_binfmt_qemu_arm(binfmt_dir: Path | None = None) -> None:
-    from buildkit.doctor import BINFMT_DIR, binfmt_status
-
-    status = binfmt_status(binfmt_dir or BINFMT_DIR)
-    if not status.enabled or "F" not in (status.flags or ""):
-        raise UserError(
-            "binfmt_misc has no enabled qemu-arm handler with the F flag, so the engine cannot run ARM "
-            f"containers: as root run `{status.fix}` (apt-get install qemu-user-static binfmt-support)")
+def check_binfmt_qemu_arm(binfmt_dir: Path = BINFMT_DIR) -> None:
+    require_qemu_arm("the engine cannot run ARM containers", binfmt_dir)
 
 
 def first_line(exc: BaseException) -> str:
@@ -65,9 +64,40 @@ def arm_step_error(what: str, returncode: int | None, output: str) -> UserError:
     return UserError(f"{what} failed in the ARM container (as an ARM1176) with exit code {returncode}: {tail}")
 
 
+class Container(Protocol):
+    """The part of docker-py's Container used here (docker-py ships no type information)."""
+
+    def start(self) -> None: ...
+    def wait(self, *, timeout: float) -> dict[str, Any]: ...
+    def logs(self) -> bytes: ...
+    def get_archive(self, path: str) -> tuple[Iterable[bytes], dict[str, Any]]: ...
+    def remove(self, *, force: bool) -> None: ...
+
+
+class ContainerCollection(Protocol):
+    def create(self, image: str, command: list[str], **options: object) -> Container: ...
+
+
+class ImageCollection(Protocol):
+    def load(self, data: bytes) -> object: ...
+    def remove(self, image: str, *, force: bool, noprune: bool) -> None: ...
+
+
+class DockerClient(Protocol):
+    """The part of docker.DockerClient used here."""
+
+    @property
+    def containers(self) -> ContainerCollection: ...
+    @property
+    def images(self) -> ImageCollection: ...
+
+
 @dataclass(frozen=True)
 class DockerRunner:
-    client: object
+    client: DockerClient
+    platform: str  # e.g. linux/arm/v5
+    qemu_cpu: str  # e.g. arm1176
+    epoch: int
     timeout: float = ARM_STEP_TIMEOUT
 
     def run(self, rootfs: Path, argv: Sequence[str], env: dict[str, str], outputs: Sequence[str], what: str) -> None:
@@ -75,12 +105,18 @@ class DockerRunner:
         from docker.errors import DockerException
         from requests.exceptions import RequestException
 
-        image = load_rootfs_image(self.client, rootfs)
-        container = None
+        image = load_rootfs_image(self.client, rootfs, self.platform, self.epoch)
+        container: Container | None = None
         try:
             container = self.client.containers.create(
-                image, command=list(argv), environment={**env, "QEMU_CPU": "arm1176"}, init=True,
-                network_mode="none", platform="linux/arm/v5", working_dir="/")
+                image,
+                command=list(argv),
+                environment={**env, "QEMU_CPU": self.qemu_cpu},
+                init=True,
+                network_mode="none",
+                platform=self.platform,
+                working_dir="/",
+            )
             container.start()
             try:
                 status = container.wait(timeout=self.timeout)
@@ -98,21 +134,28 @@ class DockerRunner:
             self.client.images.remove(image, force=True, noprune=False)
 
 
-def load_rootfs_image(client, rootfs: Path) -> str:
-    layer = tar_tree_deterministic(rootfs, source_date_epoch(), fmt=tarfile.PAX_FORMAT)
+def load_rootfs_image(client: DockerClient, rootfs: Path, platform: str, epoch: int) -> str:
+    layer = tar_tree_deterministic(rootfs, epoch, fmt=tarfile.PAX_FORMAT)
     tag = f"{IMAGE_REPOSITORY}:{hashlib.sha256(layer).hexdigest()[:16]}"
-    client.images.load(docker_archive(layer, tag))
+    client.images.load(docker_archive(layer, tag, platform))
     return tag
 
 
-def docker_archive(layer: bytes, tag: str) -> bytes:
-    """A `docker save` archive of one layer whose config says linux/arm/v5."""
+def docker_archive(layer: bytes, tag: str, platform: str) -> bytes:
+    """A `docker save` archive of one layer whose config says `platform` (os/architecture/variant)."""
+    os_name, architecture, variant = (platform.split("/") + [""])[:3]
     layer_id = hashlib.sha256(layer).hexdigest()
-    config = json.dumps({
-        "architecture": "arm", "variant": "v5", "os": "linux", "created": "1970-01-01T00:00:00Z",
-        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Cmd": ["/usr/bin/python3"]},
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
-    }, sort_keys=True).encode()
+    config = json.dumps(
+        {
+            "architecture": architecture,
+            "variant": variant,
+            "os": os_name,
+            "created": "1970-01-01T00:00:00Z",
+            "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Cmd": ["/usr/bin/python3"]},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
+        },
+        sort_keys=True,
+    ).encode()
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"
     manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": [f"{layer_id}/layer.tar"]}]).encode()
     out = io.BytesIO()
@@ -124,7 +167,7 @@ def docker_archive(layer: bytes, tag: str) -> bytes:
     return out.getvalue()
 
 
-def copy_new_files_out(container, output: str, rootfs: Path) -> None:
+def copy_new_files_out(container: Container, output: str, rootfs: Path) -> None:
     """Bring back the regular files and directories the step added under `output`; what was already
     in the tree is left as it is."""
     stream, _ = container.get_archive(output)
@@ -137,14 +180,17 @@ def copy_new_files_out(container, output: str, rootfs: Path) -> None:
         with tarfile.open(fileobj=spool, mode="r:") as tar:
             for member in tar:
                 target = parent / member.name
-                if ".." in PurePosixPath(member.name).parts or member.name.startswith("/") or \
-                        not target.parent.resolve().is_relative_to(inside):
+                if (
+                    ".." in PurePosixPath(member.name).parts
+                    or member.name.startswith("/")
+                    or not target.parent.resolve().is_relative_to(inside)
+                ):
                     raise UserError(f"the ARM container returned an unsafe path {member.name!r}")
                 if target.exists() or target.is_symlink():
                     continue
                 if member.isdir():
                     target.mkdir(mode=0o755)
-                elif member.isreg():
-                    with tar.extractfile(member) as src, open(target, "wb") as dst:
+                elif member.isreg() and (src := tar.extractfile(member)) is not None:
+                    with src, open(target, "wb") as dst:
                         shutil.copyfileobj(src, dst)
                     os.chmod(target, member.mode & 0o755)

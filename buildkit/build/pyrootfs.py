@@ -39,14 +39,18 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from buildkit.build import Backend, cache_root
 from buildkit.build.armcontainer import docker_runner
+from buildkit.build.base import Backend
 from buildkit.errors import UserError
-from buildkit.fsutil import source_date_epoch
-from buildkit.recipe import Recipe
+from buildkit.schema import Invalid, Where
+from buildkit.target import Target, Userland
 from buildkit.toolchain import require_tool
+
+if TYPE_CHECKING:
+    from buildkit.context import BuildContext
+    from buildkit.recipe import Recipe
 
 # Bump when the assembly changes what ends up in the tree: it is part of the cache key.
 ASSEMBLY_REVISION = "2"
@@ -76,69 +80,185 @@ class PythonVersion:
 
 @dataclass(frozen=True)
 class DebianBase:
+    """The target's userland as this build uses it: where its .debs and pip's downloads are cached,
+    and the SOURCE_DATE_EPOCH its files are stamped with."""
+
     suite: str
     arch: str
     triplet: str
     python: PythonVersion  # the suite's python3: wheels are chosen for it before anything is extracted
     build_packages: tuple[str, ...]  # what building a C extension from source needs, besides the recipe's
+    platform: str  # the image platform of an ARM container of this userland
+    wheel_platforms: tuple[str, ...]  # the binary wheels the target may take
+    cache: Path
+    epoch: int
+
+    @classmethod
+    def of(cls, target: Target, userland: Userland, cache: Path, epoch: int) -> DebianBase:
+        major, minor = (int(n) for n in userland.python.split("."))
+        return cls(
+            userland.suite,
+            userland.arch,
+            userland.triplet,
+            PythonVersion(major, minor),
+            userland.build_packages,
+            userland.oci_platform,
+            target.wheel_platforms,
+            cache,
+            epoch,
+        )
+
+    @property
+    def other_wheel_platforms(self) -> tuple[str, ...]:
+        return tuple(p for p in ARM_WHEEL_PLATFORMS if p not in self.wheel_platforms)
 
 
-BASES = {"debian-bookworm-armel": DebianBase(
-    "bookworm", "armel", "arm-linux-gnueabi", PythonVersion(3, 11),
-    ("gcc", "libc6-dev", "python3.11-dev", "python3-pip", "python3-setuptools", "python3-wheel"))}
+@dataclass(frozen=True)
+class Settings:
+    """The recipe's [python] table."""
 
-REFUSED_BASES = {
-    "debian-bookworm-armhf": (
-        "Debian armhf is built for ARMv7 (Thumb-2, VFPv3-D16) and dies with SIGILL on the Pi 1's "
-        "ARM1176 (ARMv6); use base = \"debian-bookworm-armel\" (ARMv5TE soft-float, runs on ARMv6)"),
-    "alpine-armhf": (
-        "Alpine armhf is not implemented: its repositories are not reachable from the build machines; "
-        "use base = \"debian-bookworm-armel\""),
-}
+    base: str = ""  # a userland of the target's profile; "" is the profile's default
+    backend: Literal["native", "docker"] = "native"
+    packages: tuple[str, ...] = ("python3-minimal",)
+    requirements: tuple[str, ...] = ()
+    # Debian packages the docker backend adds to the ARM container that builds source distributions
+    # (headers, libraries, build tools such as cython3); they never reach the payload.
+    build_packages: tuple[str, ...] = ()
+    mirror: str = "http://deb.debian.org/debian"
 
-# Platform tags of 32-bit ARM wheels. Only the ARMv6 one can be accepted (and only if its code
-# passes the gate); the others are looked for only so that a refusal can name the wheel.
-ARMV6_WHEEL_PLATFORMS = ("linux_armv6l",)
-OTHER_ARM_WHEEL_PLATFORMS = ("linux_armv7l", "manylinux2014_armv7l", "manylinux_2_17_armv7l",
-                             "manylinux_2_31_armv7l", "musllinux_1_1_armv7l", "musllinux_1_2_armv7l")
-WHEEL_HINT = "use the distro package, or set python.backend = \"docker\" to build it for ARMv6 from source"
+    def validate(self) -> None:
+        if self.backend == "native" and self.build_packages:
+            raise Invalid(
+                "build_packages",
+                "only for building source distributions, which only the docker backend "
+                'does: set python.backend = "docker" or remove build_packages',
+            )
+
+
+def check(recipe: Recipe, where: Where) -> None:
+    """The userland must be one the target's profile offers."""
+    recipe.target.userland_named(recipe.settings.base, where.child("base"))
+
+
+# Platform tags of 32-bit ARM wheels. Only the target's own (Target.wheel_platforms) can be
+# accepted, and only if their code passes the gate; the others are looked for only so that a
+# refusal can name the wheel.
+ARM_WHEEL_PLATFORMS = (
+    "linux_armv6l",
+    "linux_armv7l",
+    "manylinux2014_armv7l",
+    "manylinux_2_17_armv7l",
+    "manylinux_2_31_armv7l",
+    "musllinux_1_1_armv7l",
+    "musllinux_1_2_armv7l",
+)
+WHEEL_HINT = 'use the distro package, or set python.backend = "docker" to build it for the target from source'
 
 # Relative to the rootfs. Host files mmdebstrap copies in (hostname, resolv.conf) and apt/dpkg
 # state are not reproducible and mean nothing on the device.
 PRUNED_TREES = (
-    "etc/apt", "etc/cron.daily", "etc/fstab", "etc/hostname", "etc/logrotate.d", "etc/resolv.conf",
-    "usr/bin/py3clean", "usr/bin/py3compile", "usr/bin/py3versions", "usr/share/python3",
-    "usr/lib/binfmt.d", "usr/share/binfmts", "usr/share/readline",
-    "usr/lib/locale", "usr/share/bug", "usr/share/doc", "usr/share/doc-base", "usr/share/info",
-    "usr/share/lintian", "usr/share/locale", "usr/share/man",
-    "var/cache", "var/lib/apt", "var/lib/dpkg", "var/log",
+    "etc/apt",
+    "etc/cron.daily",
+    "etc/fstab",
+    "etc/hostname",
+    "etc/logrotate.d",
+    "etc/resolv.conf",
+    "usr/bin/py3clean",
+    "usr/bin/py3compile",
+    "usr/bin/py3versions",
+    "usr/share/python3",
+    "usr/lib/binfmt.d",
+    "usr/share/binfmts",
+    "usr/share/readline",
+    "usr/lib/locale",
+    "usr/share/bug",
+    "usr/share/doc",
+    "usr/share/doc-base",
+    "usr/share/info",
+    "usr/share/lintian",
+    "usr/share/locale",
+    "usr/share/man",
+    "var/cache",
+    "var/lib/apt",
+    "var/lib/dpkg",
+    "var/log",
 )
 # python3-minimal depends on dpkg (for its maintainer scripts), and dpkg on tar: without the dpkg
 # database neither has a use in a service, unless the recipe asked for them by name.
 PACKAGE_MANAGER_FILES = {
-    "dpkg": ("etc/alternatives", "etc/dpkg", "sbin/start-stop-daemon", "usr/bin/dpkg*", "usr/bin/update-alternatives",
-             "usr/sbin/dpkg-fsys-usrunmess", "usr/share/dpkg", "usr/share/polkit-1"),
+    "dpkg": (
+        "etc/alternatives",
+        "etc/dpkg",
+        "sbin/start-stop-daemon",
+        "usr/bin/dpkg*",
+        "usr/bin/update-alternatives",
+        "usr/sbin/dpkg-fsys-usrunmess",
+        "usr/share/dpkg",
+        "usr/share/polkit-1",
+    ),
     "tar": ("bin/tar", "etc/rmt", "usr/sbin/rmt-tar", "usr/sbin/tarcat"),
 }
 # Relative to the stdlib directory: development tools, interactive-only, demo and legacy modules.
-PRUNED_STDLIB = ("__hello__.py", "__phello__", "_pydecimal.py", "antigravity.py", "crypt.py", "curses", "doctest.py",
-                 "ensurepip", "idlelib", "lib2to3", "pydoc_data", "this.py", "tkinter", "turtle.py",
-                 "turtledemo", "venv")
+PRUNED_STDLIB = (
+    "__hello__.py",
+    "__phello__",
+    "_pydecimal.py",
+    "antigravity.py",
+    "crypt.py",
+    "curses",
+    "doctest.py",
+    "ensurepip",
+    "idlelib",
+    "lib2to3",
+    "pydoc_data",
+    "this.py",
+    "tkinter",
+    "turtle.py",
+    "turtledemo",
+    "venv",
+)
 PRUNED_TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 PRUNED_EXTENSIONS = re.compile(
     r"^(_test\w*|_ctypes_test|_xxtestfuzz|xxlimited\w*|_codecs_\w+|_multibytecodec|_curses\w*|readline|_dbm|nis"
-    r"|ossaudiodev|audioop|_crypt)\.")
+    r"|ossaudiodev|audioop|_crypt)\."
+)
 # Codecs kept: the Unicode ones, ASCII, Latin-1, CP1252, ISO-8859-15 and the bytes-to-bytes codecs.
-KEPT_ENCODINGS = frozenset({
-    "__init__", "aliases", "ascii", "base64_codec", "bz2_codec", "charmap", "cp1252", "hex_codec", "idna",
-    "iso8859_1", "iso8859_15", "latin_1", "punycode", "quopri_codec", "raw_unicode_escape", "rot_13", "undefined",
-    "unicode_escape", "utf_16", "utf_16_be", "utf_16_le", "utf_32", "utf_32_be", "utf_32_le", "utf_7", "utf_8",
-    "utf_8_sig", "uu_codec", "zlib_codec",
-})
+KEPT_ENCODINGS = frozenset(
+    {
+        "__init__",
+        "aliases",
+        "ascii",
+        "base64_codec",
+        "bz2_codec",
+        "charmap",
+        "cp1252",
+        "hex_codec",
+        "idna",
+        "iso8859_1",
+        "iso8859_15",
+        "latin_1",
+        "punycode",
+        "quopri_codec",
+        "raw_unicode_escape",
+        "rot_13",
+        "undefined",
+        "unicode_escape",
+        "utf_16",
+        "utf_16_be",
+        "utf_16_le",
+        "utf_32",
+        "utf_32_be",
+        "utf_32_le",
+        "utf_7",
+        "utf_8",
+        "utf_8_sig",
+        "uu_codec",
+        "zlib_codec",
+    }
+)
 # glibc's own libraries and what it dlopen()s (NSS modules, libgcc_s for thread cancellation): kept
 # even when no DT_NEEDED names them.
-DLOPENED_LIBRARIES = re.compile(
-    r"^(ld-linux.*|lib(c|m|dl|pthread|rt|util|resolv|anl|nss_\w+|gcc_s)\.so(\.\d+)*)$")
+DLOPENED_LIBRARIES = re.compile(r"^(ld-linux.*|lib(c|m|dl|pthread|rt|util|resolv|anl|nss_\w+|gcc_s)\.so(\.\d+)*)$")
 
 # Sourceless .pyc files (legacy layout, beside where the .py was) for the standard library, whose
 # sources would double its size; the app and its wheels keep theirs, with __pycache__.
@@ -176,8 +296,9 @@ class ArmRunner(Protocol):
     Files the program creates under `outputs` (absolute paths inside the tree) end up in the tree on
     the host; `what` says what the step is for, in errors."""
 
-    def run(self, rootfs: Path, argv: Sequence[str], env: dict[str, str], outputs: Sequence[str],
-            what: str) -> None: ...
+    def run(
+        self, rootfs: Path, argv: Sequence[str], env: dict[str, str], outputs: Sequence[str], what: str
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -192,39 +313,34 @@ class Wheel:
         return self.platform == "any"
 
 
-def python_backend(recipe: Recipe) -> Backend:
-    settings = recipe.python
-    base = debian_base(settings.base, recipe)
+def backend(ctx: BuildContext) -> Backend:
+    recipe, settings = ctx.recipe, ctx.recipe.settings
+    userland = recipe.target.userland_named(settings.base, Where(recipe.path, "python.base"))
+    base = DebianBase.of(recipe.target, userland, ctx.cache_dir, ctx.epoch)
     toolchain = {
         "assembly": ASSEMBLY_REVISION,
         "backend": settings.backend,
-        "base": settings.base,
+        "base": f"{userland.distro}-{userland.suite}-{userland.arch}",
         "mirror": settings.mirror,
         "mmdebstrap": mmdebstrap_version(),
         "pip": importlib.metadata.version("pip"),
     }
-    if settings.backend == "native" and settings.build_packages:
-        raise UserError(f"{recipe.path}: python.build_packages is only for building source distributions, which "
-                        "only the docker backend does: set python.backend = \"docker\" or remove build_packages")
     if settings.backend == "native":
         toolchain["bytecode"] = f"CPython {find_host_python(base.python, recipe).version}"
 
     def assemble(dest: Path) -> None:
-        runner = docker_runner() if settings.backend == "docker" else None
+        runner = (
+            docker_runner(base.platform, recipe.target.qemu_cpu, base.epoch) if settings.backend == "docker" else None
+        )
         assemble_rootfs(recipe, base, dest, runner)
 
     return Backend(toolchain=toolchain, assemble=assemble)
 
 
-def debian_base(name: str, recipe: Recipe) -> DebianBase:
-    if name in REFUSED_BASES:
-        raise UserError(f"{recipe.path}: python.base = {name!r} is refused: {REFUSED_BASES[name]}")
-    return BASES[name]
-
-
 def mmdebstrap_version() -> str:
-    out = subprocess.run([str(require_tool("mmdebstrap")), "--version"], capture_output=True, text=True,
-                         check=False).stdout.strip()
+    out = subprocess.run(
+        [str(require_tool("mmdebstrap")), "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     return out.splitlines()[0] if out else "unknown"
 
 
@@ -232,17 +348,17 @@ def assemble_rootfs(recipe: Recipe, base: DebianBase, dest: Path, runner: ArmRun
     """`runner` is the ARM container of the docker backend; None is the native backend, which runs
     no ARM code: it refuses source distributions and compiles the bytecode with a host CPython of
     the target's version."""
-    settings = recipe.python
+    settings = recipe.settings
     with fixed_umask(0o022), tempfile.TemporaryDirectory(prefix="buildkit-wheels-") as work:
         wheels = fetch_wheels(settings.requirements, base, Path(work), recipe, runner) if settings.requirements else []
         extract_packages(settings.packages, recipe, base, dest)
         require_interpreter(dest, base, recipe)
         if wheels:
-            install_wheels(wheels, base.python, dest)
+            install_wheels(wheels, base, dest)
         copy_app(recipe, dest / APP_DIR)
         prune_rootfs(dest, base.python, base, settings.packages)
         compile_bytecode(dest, base.python, recipe, runner)
-        normalize_tree(dest, source_date_epoch())
+        normalize_tree(dest, base.epoch)
 
 
 @contextlib.contextmanager
@@ -257,44 +373,59 @@ def fixed_umask(mask: int) -> Iterator[None]:
 
 # 1. Distro packages ------------------------------------------------------------------------------
 
+
 def deb_cache_dir(base: DebianBase) -> Path:
-    path = cache_root() / "debs" / f"{base.suite}-{base.arch}"
+    path = base.cache / "debs" / f"{base.suite}-{base.arch}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def extract_packages(packages: Sequence[str], recipe: Recipe, base: DebianBase, dest: Path,
-                     field: str = "python.packages") -> None:
+def extract_packages(
+    packages: Sequence[str], recipe: Recipe, base: DebianBase, dest: Path, field: str = "python.packages"
+) -> None:
     """mmdebstrap's extract variant; .debs already in the cache are not downloaded again. `field`
     is the recipe key an error names."""
     mmdebstrap = require_tool("mmdebstrap")
     debs = deb_cache_dir(base)
     archives = "/var/cache/apt/archives/"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    argv = [str(mmdebstrap), "--variant=extract", f"--architectures={base.arch}",
-            f"--include={','.join(packages)}",
-            "--skip=download/empty", "--skip=cleanup/apt/cache",
-            f"--setup-hook=mkdir -p \"$1\"{archives}",
-            f"--setup-hook=sync-in {debs} {archives}",
-            base.suite, str(dest), recipe.python.mirror]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False,
-                          env={**os.environ, "LC_ALL": "C.UTF-8"})
+    argv = [
+        str(mmdebstrap),
+        "--variant=extract",
+        f"--architectures={base.arch}",
+        f"--include={','.join(packages)}",
+        "--skip=download/empty",
+        "--skip=cleanup/apt/cache",
+        f'--setup-hook=mkdir -p "$1"{archives}',
+        f"--setup-hook=sync-in {debs} {archives}",
+        base.suite,
+        str(dest),
+        recipe.settings.mirror,
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C.UTF-8"})
     if proc.returncode != 0:
         raise mmdebstrap_error(proc.stdout + proc.stderr, packages, recipe, base, field)
     keep_downloaded_debs(dest / archives.strip("/"), debs)
 
 
-def mmdebstrap_error(output: str, packages: Sequence[str], recipe: Recipe, base: DebianBase,
-                     field: str) -> UserError:
+def mmdebstrap_error(output: str, packages: Sequence[str], recipe: Recipe, base: DebianBase, field: str) -> UserError:
     missing = re.search(r"Unable to locate package (\S+)", output) or re.search(
-        r"Package '?([^' ]+)'? has no installation candidate", output)
+        r"Package '?([^' ]+)'? has no installation candidate", output
+    )
     if missing:
-        return UserError(f"{recipe.path}: {field}: Debian {base.suite} {base.arch} has no package "
-                         f"{missing.group(1)!r}: fix the name (see https://packages.debian.org/{base.suite}/)")
-    if re.search(r"Could not (resolve|connect)|Failed to fetch|Temporary failure resolving|Connection "
-                 r"(refused|timed out)|Unable to connect", output):
-        return UserError(f"{recipe.path}: python.mirror: Debian mirror {recipe.python.mirror} is unreachable: "
-                         f"check the network or set python.mirror to a reachable Debian mirror")
+        return UserError(
+            f"{recipe.path}: {field}: Debian {base.suite} {base.arch} has no package "
+            f"{missing.group(1)!r}: fix the name (see https://packages.debian.org/{base.suite}/)"
+        )
+    if re.search(
+        r"Could not (resolve|connect)|Failed to fetch|Temporary failure resolving|Connection "
+        r"(refused|timed out)|Unable to connect",
+        output,
+    ):
+        return UserError(
+            f"{recipe.path}: python.mirror: Debian mirror {recipe.settings.mirror} is unreachable: "
+            f"check the network or set python.mirror to a reachable Debian mirror"
+        )
     errors = [line for line in output.splitlines() if line.startswith("E:")]
     last = errors[-1] if errors else (output.strip().splitlines() or ["no output"])[-1]
     return UserError(f"{recipe.path}: {field}: mmdebstrap could not extract {', '.join(packages)}: {last}")
@@ -311,11 +442,11 @@ def keep_downloaded_debs(archives: Path, cache: Path) -> None:
 
 def require_interpreter(rootfs: Path, base: DebianBase, recipe: Recipe) -> None:
     if not (rootfs / base.python.interpreter.lstrip("/")).is_file():
-        raise UserError(f"{recipe.path}: python.packages installs no {base.python.interpreter}: "
-                        f"add \"python3-minimal\"")
+        raise UserError(f'{recipe.path}: python.packages installs no {base.python.interpreter}: add "python3-minimal"')
 
 
 # 2. Wheels ---------------------------------------------------------------------------------------
+
 
 class MissingWheel(UserError):
     """pip found nothing it may install for `requirement`."""
@@ -325,8 +456,9 @@ class MissingWheel(UserError):
         self.requirement = requirement
 
 
-def fetch_wheels(requirements: Sequence[str], base: DebianBase, work: Path, recipe: Recipe,
-                 runner: ArmRunner | None) -> list[Wheel]:
+def fetch_wheels(
+    requirements: Sequence[str], base: DebianBase, work: Path, recipe: Recipe, runner: ArmRunner | None
+) -> list[Wheel]:
     """Download the requirements and their dependencies as wheels for the target, and vet each one.
 
     pip is asked for pure or ARMv6 wheels only (offered an armv7l one too, it would prefer it over a
@@ -341,11 +473,11 @@ def fetch_wheels(requirements: Sequence[str], base: DebianBase, work: Path, reci
     while True:
         remove(download)
         try:
-            pip_download(wanted, base.python, ARMV6_WHEEL_PLATFORMS, download, where, links=built)
+            pip_download(wanted, base, base.wheel_platforms, download, where, links=built)
         except MissingWheel as missing:
             if runner is None:
                 raise wheel_for_other_platform(missing, requirements, base, recipe, where) from None
-            sources = [download_source(missing.requirement, work, where)]
+            sources = [download_source(missing.requirement, base, work, where)]
         else:
             sources = sorted(p for p in download.iterdir() if p.suffix != ".whl")
             if not sources:
@@ -360,19 +492,30 @@ def fetch_wheels(requirements: Sequence[str], base: DebianBase, work: Path, reci
     return wheels
 
 
-def pip_download(requirements: Sequence[str], python: PythonVersion, platforms: Sequence[str], dest: Path,
-                 where: str, links: Path | None = None) -> None:
-    pip(["download", "--dest", str(dest), *pip_target_options(python, platforms), "--", *requirements],
-        where=where, what=f"downloading {', '.join(requirements)}", links=links)
+def pip_download(
+    requirements: Sequence[str],
+    base: DebianBase,
+    platforms: Sequence[str],
+    dest: Path,
+    where: str,
+    links: Path | None = None,
+) -> None:
+    pip(
+        ["download", "--dest", str(dest), *pip_target_options(base.python, platforms), "--", *requirements],
+        where=where,
+        what=f"downloading {', '.join(requirements)}",
+        links=links,
+        cache=base.cache,
+    )
 
 
-def wheel_for_other_platform(missing: MissingWheel, requirements: Sequence[str], base: DebianBase,
-                             recipe: Recipe, where: str) -> UserError:
+def wheel_for_other_platform(
+    missing: MissingWheel, requirements: Sequence[str], base: DebianBase, recipe: Recipe, where: str
+) -> UserError:
     """The refusal of the wheel pip would have taken for another ARM platform, if there is one."""
     with tempfile.TemporaryDirectory(prefix="buildkit-other-wheels-") as other:
         try:
-            pip_download(requirements, base.python, ARMV6_WHEEL_PLATFORMS + OTHER_ARM_WHEEL_PLATFORMS,
-                         Path(other), where)
+            pip_download(requirements, base, base.wheel_platforms + base.other_wheel_platforms, Path(other), where)
         except UserError:
             return missing
         for wheel in wheels_in(Path(other)):
@@ -386,23 +529,32 @@ def wheel_for_other_platform(missing: MissingWheel, requirements: Sequence[str],
 def source_refused(name: str, where: str) -> UserError:
     """Building an sdist runs its compiler: the native backend runs no ARM code, and the host's
     compiler would build for the host."""
-    return UserError(f"{where}: {name} is a source distribution, which the native backend does not build: "
-                     f"set python.backend = \"docker\" to build it for ARMv6 in an ARM container, "
-                     "or use the distro package")
+    return UserError(
+        f"{where}: {name} is a source distribution, which the native backend does not build: "
+        f'set python.backend = "docker" to build it for ARMv6 in an ARM container, '
+        "or use the distro package"
+    )
 
 
-def download_source(requirement: str, work: Path, where: str) -> Path:
+def download_source(requirement: str, base: DebianBase, work: Path, where: str) -> Path:
     dest = Path(tempfile.mkdtemp(prefix="sdist-", dir=work))
     try:
-        pip(["download", "--no-deps", "--no-binary=:all:", "--dest", str(dest), "--", requirement],
-            where=where, what=f"downloading the source of {requirement}")
+        pip(
+            ["download", "--no-deps", "--no-binary=:all:", "--dest", str(dest), "--", requirement],
+            where=where,
+            what=f"downloading the source of {requirement}",
+            cache=base.cache,
+        )
     except MissingWheel:
-        raise UserError(f"{where}: there is neither a pure-Python or ARMv6 wheel nor a source distribution of "
-                        f"{requirement}: use the distro package (python.packages)") from None
+        raise UserError(
+            f"{where}: there is neither a pure-Python or ARMv6 wheel nor a source distribution of "
+            f"{requirement}: use the distro package (python.packages)"
+        ) from None
     downloaded = sorted(dest.iterdir())
     if len(downloaded) != 1:
-        raise UserError(f"{where}: pip gave {len(downloaded)} files for the source of {requirement}: pin it "
-                        "to one release")
+        raise UserError(
+            f"{where}: pip gave {len(downloaded)} files for the source of {requirement}: pin it to one release"
+        )
     return downloaded[0]
 
 
@@ -437,8 +589,9 @@ SOURCE_DIR = "/build/src"
 BUILT_WHEELS_DIR = "/build/wheels"
 
 
-def build_wheels_from_source(sources: Sequence[Path], built_names: set[str], runner: ArmRunner, recipe: Recipe,
-                             base: DebianBase, dest: Path) -> list[Wheel]:
+def build_wheels_from_source(
+    sources: Sequence[Path], built_names: set[str], runner: ArmRunner, recipe: Recipe, base: DebianBase, dest: Path
+) -> list[Wheel]:
     """Build each source distribution into a wheel in one ARM container whose tree is the base's
     compiler and Python headers plus the recipe's packages and build_packages; with QEMU_CPU=arm1176
     the compiler, pip and everything they start report an ARMv6 machine, so the wheels are tagged
@@ -446,22 +599,40 @@ def build_wheels_from_source(sources: Sequence[Path], built_names: set[str], run
     information left out, so that the same source gives the same wheel."""
     where = f"{recipe.path}: python.requirements"
     names = [distribution_name(s.name) for s in sources]
-    if again := [s.name for s, n in zip(sources, names) if n in built_names]:
-        raise UserError(f"{where}: the wheel built from {again[0]} is not one pip can install for the target "
-                        "(check its name, version and tags): use the distro package")
+    if again := [s.name for s, n in zip(sources, names, strict=True) if n in built_names]:
+        raise UserError(
+            f"{where}: the wheel built from {again[0]} is not one pip can install for the target "
+            "(check its name, version and tags): use the distro package"
+        )
     built_names.update(names)
-    settings = recipe.python
+    settings = recipe.settings
     with tempfile.TemporaryDirectory(prefix="buildkit-build-root-") as tmp:
         root = Path(tmp) / "rootfs"
         packages = dict.fromkeys(base.build_packages + settings.packages + settings.build_packages)
         extract_packages(list(packages), recipe, base, root, field="python.build_packages")
         (root / "tmp").mkdir(mode=0o1777, exist_ok=True)
         directories = [unpack_source(s, root / SOURCE_DIR.lstrip("/"), where) for s in sources]
-        argv = [base.python.interpreter, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                "--no-cache-dir", "--disable-pip-version-check", "--wheel-dir", BUILT_WHEELS_DIR,
-                *(f"{SOURCE_DIR}/{d}" for d in directories)]
-        runner.run(root, argv, env=source_build_environment(), outputs=[BUILT_WHEELS_DIR],
-                   what=f"building {', '.join(s.name for s in sources)} from source")
+        argv = [
+            base.python.interpreter,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            BUILT_WHEELS_DIR,
+            *(f"{SOURCE_DIR}/{d}" for d in directories),
+        ]
+        runner.run(
+            root,
+            argv,
+            env=source_build_environment(base.epoch),
+            outputs=[BUILT_WHEELS_DIR],
+            what=f"building {', '.join(s.name for s in sources)} from source",
+        )
         wheels = []
         for wheel in sorted((root / BUILT_WHEELS_DIR.lstrip("/")).glob("*.whl")):
             wheels.append(parse_wheel(Path(shutil.move(wheel, dest / wheel.name))))
@@ -480,17 +651,25 @@ def unpack_source(sdist: Path, dest: Path, where: str) -> str:
             raise UserError(f"{where}: {sdist.name}: {tree.problems[0].message}")
         tops = sorted(tree.root.iterdir()) if tree.is_tree else []
         if len(tops) != 1 or not tops[0].is_dir() or tops[0].is_symlink():
-            raise UserError(f"{where}: {sdist.name} is not a source distribution (one top directory, "
-                            "name-version): rebuild it with `python -m build --sdist`")
+            raise UserError(
+                f"{where}: {sdist.name} is not a source distribution (one top directory, "
+                "name-version): rebuild it with `python -m build --sdist`"
+            )
         shutil.copytree(tops[0], dest / tops[0].name, symlinks=True)
         return tops[0].name
 
 
-def source_build_environment() -> dict[str, str]:
+def source_build_environment(epoch: int) -> dict[str, str]:
     return {
-        "SOURCE_DATE_EPOCH": str(source_date_epoch()), "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
-        "HOME": "/tmp", "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PIP_ROOT_USER_ACTION": "ignore",
-        "CFLAGS": f"-g0 -ffile-prefix-map={SOURCE_DIR}/=", "CXXFLAGS": f"-g0 -ffile-prefix-map={SOURCE_DIR}/=",
+        "SOURCE_DATE_EPOCH": str(epoch),
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HOME": "/tmp",
+        "PATH": "/usr/bin:/bin",
+        "LC_ALL": "C.UTF-8",
+        "PIP_ROOT_USER_ACTION": "ignore",
+        "CFLAGS": f"-g0 -ffile-prefix-map={SOURCE_DIR}/=",
+        "CXXFLAGS": f"-g0 -ffile-prefix-map={SOURCE_DIR}/=",
     }
 
 
@@ -498,48 +677,79 @@ def wheels_in(directory: Path) -> list[Wheel]:
     return [parse_wheel(p) for p in sorted(directory.glob("*.whl"))]
 
 
-def install_wheels(wheels: Sequence[Wheel], python: PythonVersion, rootfs: Path) -> None:
+def install_wheels(wheels: Sequence[Wheel], base: DebianBase, rootfs: Path) -> None:
     # By name from the download directory, not by file path: a path would leave a direct_url.json
     # naming a temporary directory in every .dist-info.
-    pip(["install", "--target", str(rootfs / DIST_PACKAGES), "--no-index", "--find-links",
-         str(wheels[0].path.parent), "--no-deps", "--no-compile", "--no-warn-script-location",
-         *pip_target_options(python, ARMV6_WHEEL_PLATFORMS), "--", *(f"{w.name}=={w.version}" for w in wheels)],
-        where=str(rootfs), what="installing the wheels")
+    pip(
+        [
+            "install",
+            "--target",
+            str(rootfs / DIST_PACKAGES),
+            "--no-index",
+            "--find-links",
+            str(wheels[0].path.parent),
+            "--no-deps",
+            "--no-compile",
+            "--no-warn-script-location",
+            *pip_target_options(base.python, base.wheel_platforms),
+            "--",
+            *(f"{w.name}=={w.version}" for w in wheels),
+        ],
+        where=str(rootfs),
+        what="installing the wheels",
+    )
     # Console scripts get the build host's interpreter in their #! line: useless on the device.
     shutil.rmtree(rootfs / DIST_PACKAGES / "bin", ignore_errors=True)
 
 
 def pip_target_options(python: PythonVersion, platforms: Sequence[str]) -> list[str]:
-    options = ["--only-binary=:all:", "--python-version", python.xy, "--implementation", "cp",
-               "--abi", f"cp{python.major}{python.minor}", "--abi", "abi3", "--abi", "none"]
+    options = [
+        "--only-binary=:all:",
+        "--python-version",
+        python.xy,
+        "--implementation",
+        "cp",
+        "--abi",
+        f"cp{python.major}{python.minor}",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
     for tag in platforms:
         options += ["--platform", tag]
     return options
 
 
-def pip(args: list[str], where: str, what: str, links: Path | None = None) -> None:
-    """pip as a subprocess; `links` is offered as a find-links directory besides any the user set."""
-    env = {**os.environ, "PIP_CACHE_DIR": str(cache_root() / "pip"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-           "PYTHONHASHSEED": "0"}
+def pip(args: list[str], where: str, what: str, links: Path | None = None, cache: Path | None = None) -> None:
+    """pip as a subprocess; `links` is offered as a find-links directory besides any the user set;
+    downloads are cached in buildkit's cache (`cache`), or not at all."""
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONHASHSEED": "0"}
+    env.update({"PIP_CACHE_DIR": str(cache / "pip")} if cache else {"PIP_NO_CACHE_DIR": "1"})
     if links is not None:
         env["PIP_FIND_LINKS"] = " ".join(filter(None, (os.environ.get("PIP_FIND_LINKS"), str(links))))
-    proc = subprocess.run([sys.executable, "-m", "pip", "--quiet", *args], capture_output=True, text=True,
-                          env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "--quiet", *args], capture_output=True, text=True, env=env, check=False
+    )
     if proc.returncode == 0:
         return
     output = proc.stdout + proc.stderr
     if no_match := re.search(r"No matching distribution found for (\S+)", output):
-        raise MissingWheel(f"{where}: no pure-Python or ARMv6 wheel of {no_match.group(1)} for the target's "
-                           f"CPython: {WHEEL_HINT}", no_match.group(1))
+        raise MissingWheel(
+            f"{where}: no pure-Python or ARMv6 wheel of {no_match.group(1)} for the target's CPython: {WHEEL_HINT}",
+            no_match.group(1),
+        )
     if re.search(r"NewConnectionError|Max retries exceeded|Network is unreachable|Temporary failure in name", output):
-        raise UserError(f"{where}: the package index is unreachable while {what}: check the network "
-                        f"or PIP_INDEX_URL / PIP_FIND_LINKS")
+        raise UserError(
+            f"{where}: the package index is unreachable while {what}: check the network "
+            f"or PIP_INDEX_URL / PIP_FIND_LINKS"
+        )
     errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
     raise UserError(f"{where}: pip failed {what}: {(errors or output.strip().splitlines() or ['?'])[-1]}")
 
 
 def parse_wheel(path: Path) -> Wheel:
-    parts = path.name[:-len(".whl")].split("-")
+    parts = path.name[: -len(".whl")].split("-")
     if len(parts) not in (5, 6):
         raise UserError(f"{path.name}: not a wheel file name (name-version-python-abi-platform.whl)")
     return Wheel(path, parts[0], parts[1], parts[-1])
@@ -551,19 +761,24 @@ def check_wheel(wheel: Wheel, base: DebianBase, recipe: Recipe) -> None:
     if wheel.pure:
         return
     refuse = f"{recipe.path}: python.requirements: {wheel.path.name} is a binary wheel for {wheel.platform}"
-    if wheel.platform not in ARMV6_WHEEL_PLATFORMS:
-        raise UserError(f"{refuse}, which an ARM1176 ({base.arch}) cannot run: {WHEEL_HINT}")
+    if wheel.platform not in base.wheel_platforms:
+        raise UserError(f"{refuse}, which {recipe.target.board} ({recipe.target.cpu}) cannot run: {WHEEL_HINT}")
     foreign = [n for n in wheel_extension_modules(wheel.path) if not loadable_extension(n, base)]
     if foreign:
-        raise UserError(f"{refuse} but {foreign[0]} is not built for {base.triplet} (the soft-float ABI of "
-                        f"Debian {base.arch}): {WHEEL_HINT}")
+        raise UserError(
+            f"{refuse} but {foreign[0]} is not built for {base.triplet} (the soft-float ABI of "
+            f"Debian {base.arch}): {WHEEL_HINT}"
+        )
     from buildkit.archgate.gate import verify_artifacts
-    report = verify_artifacts([wheel.path], profile=recipe.gate.profile, scan_code=True,
-                              extra_waivers=recipe.gate.waivers)
+
+    report = verify_artifacts(
+        [wheel.path], profile=recipe.gate.profile, scan_code=True, extra_waivers=recipe.gate.waivers
+    )
     if not report.ok:
         first = report.errors[0]
-        raise UserError(f"{refuse} but the arch gate refuses it ({first.path}: {first.rule}: {first.message}): "
-                        f"{WHEEL_HINT}")
+        raise UserError(
+            f"{refuse} but the arch gate refuses it ({first.path}: {first.rule}: {first.message}): {WHEEL_HINT}"
+        )
 
 
 def wheel_extension_modules(path: Path) -> list[str]:
@@ -577,8 +792,10 @@ def loadable_extension(name: str, base: DebianBase) -> bool:
 
 # 3. The app --------------------------------------------------------------------------------------
 
+
 def copy_app(recipe: Recipe, dest: Path) -> None:
     """The recipe's source directory, without the recipe itself and without caches or VCS data."""
+
     def ignore(directory: str, names: list[str]) -> set[str]:
         ignored = {n for n in names if n in ("__pycache__", ".git", ".pytest_cache") or n.endswith(".pyc")}
         if Path(directory).resolve() == recipe.path.parent:
@@ -589,6 +806,7 @@ def copy_app(recipe: Recipe, dest: Path) -> None:
 
 
 # 4. Pruning --------------------------------------------------------------------------------------
+
 
 def prune_rootfs(rootfs: Path, python: PythonVersion, base: DebianBase, requested: Sequence[str]) -> None:
     for rel in PRUNED_TREES + (f"usr/lib/{base.triplet}/gconv",):
@@ -643,7 +861,7 @@ def remove_unused_libraries(rootfs: Path, base: DebianBase) -> None:
 
 
 def remove_empty_dirs(top: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+    for dirpath, _, _ in os.walk(top, topdown=False):
         if dirpath != str(top) and not os.listdir(dirpath):
             os.rmdir(dirpath)
 
@@ -668,8 +886,12 @@ def dt_needed(path: Path) -> list[str]:
     try:
         with open(path, "rb") as fh:
             sections = ELFFile(fh).iter_sections()
-            return [tag.needed for section in sections if isinstance(section, DynamicSection)
-                    for tag in section.iter_tags("DT_NEEDED")]
+            return [
+                tag.needed  # type: ignore[attr-defined]  # pyelftools sets it with setattr, so its types cannot say
+                for section in sections
+                if isinstance(section, DynamicSection)
+                for tag in section.iter_tags("DT_NEEDED")
+            ]
     except (ELFError, OSError):
         return []  # not ours to judge: the arch gate reports ELF files that do not parse
 
@@ -695,6 +917,7 @@ def remove(path: Path) -> None:
 
 # 5. Bytecode -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class HostPython:
     path: str
@@ -707,14 +930,23 @@ def find_host_python(python: PythonVersion, recipe: Recipe) -> HostPython:
     if sys.implementation.name == "cpython" and sys.version_info[:2] == (python.major, python.minor):
         return HostPython(sys.executable, platform.python_version())
     found = shutil.which(f"python{python.xy}")
-    probe = subprocess.run([found, "-c", "import platform; print(platform.python_implementation(), "
-                                         "platform.python_version())"],
-                           capture_output=True, text=True, check=False) if found else None
+    probe = (
+        subprocess.run(
+            [found, "-c", "import platform; print(platform.python_implementation(), platform.python_version())"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if found
+        else None
+    )
     implementation, _, version = (probe.stdout.strip() if probe and probe.returncode == 0 else "").partition(" ")
-    if implementation != "CPython" or not version.startswith(f"{python.xy}."):
-        raise UserError(f"{recipe.path}: python.backend = \"native\" compiles the bytecode with a host CPython "
-                        f"{python.xy}, the target's version, and there is none (this is Python "
-                        f"{platform.python_version()}): install python{python.xy}, or set python.backend = \"docker\"")
+    if found is None or implementation != "CPython" or not version.startswith(f"{python.xy}."):
+        raise UserError(
+            f'{recipe.path}: python.backend = "native" compiles the bytecode with a host CPython '
+            f"{python.xy}, the target's version, and there is none (this is Python "
+            f'{platform.python_version()}): install python{python.xy}, or set python.backend = "docker"'
+        )
     return HostPython(found, version)
 
 
@@ -734,8 +966,13 @@ def compile_bytecode(rootfs: Path, python: PythonVersion, recipe: Recipe, runner
             tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
             raise UserError(f"{rootfs}: compiling the Python code with {host.path} failed: {tail}")
     else:
-        runner.run(rootfs, [python.interpreter, "-s", "-c", COMPILE_SCRIPT, json.dumps({**plan, "root": "/"})],
-                   env=env, outputs=["/" + python.stdlib, *present], what="compiling the Python code")
+        runner.run(
+            rootfs,
+            [python.interpreter, "-s", "-c", COMPILE_SCRIPT, json.dumps({**plan, "root": "/"})],
+            env=env,
+            outputs=["/" + python.stdlib, *present],
+            what="compiling the Python code",
+        )
     drop_compiled_sources(rootfs / python.stdlib)
 
 
@@ -747,6 +984,7 @@ def drop_compiled_sources(top: Path) -> None:
 
 
 # 6. Normalisation --------------------------------------------------------------------------------
+
 
 def normalize_tree(rootfs: Path, epoch: int) -> None:
     """Mount points present and empty, app modes independent of the umask, every mtime = epoch."""

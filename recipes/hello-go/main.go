@@ -64,9 +64,10 @@ func run(cfg config) error {
 		return fmt.Errorf("-log-records must be at least 1 and -log-record-bytes at least %d", minRecordSize)
 	}
 	svc := &service{
-		started: time.Now(),
-		token:   readToken(cfg.tokenFile),
-		logs:    newLogWindow(cfg.logRecords, cfg.logRecordBytes),
+		started:     time.Now(),
+		token:       readToken(cfg.tokenFile),
+		logs:        newLogWindow(cfg.logRecords, cfg.logRecordBytes),
+		spawnServed: os.Getenv(spawnEnv) == "1",
 	}
 	if svc.token != "" {
 		svc.tokenDigest = sha256.Sum256([]byte(svc.token))

@@ -20,14 +20,17 @@ type service struct {
 	logs        *logWindow
 	served      atomic.Uint64
 	spawning    atomic.Bool
+	spawnServed bool // /api/spawn is routed only when the recipe's smoke configuration asks for it
 }
 
 func (s *service) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/health", s.health)
 	mux.HandleFunc("GET /api/data", s.data)
-	mux.HandleFunc("GET /api/spawn", s.spawn)
-	mux.HandleFunc("POST /api/spawn", s.spawn)
+	if s.spawnServed {
+		mux.HandleFunc("GET /api/spawn", s.spawn)
+		mux.HandleFunc("POST /api/spawn", s.spawn)
+	}
 	mux.HandleFunc("GET /debug/logs", s.debugLogs)
 	return s.logged(mux)
 }

@@ -11,6 +11,10 @@ import (
 	"time"
 )
 
+// spawnEnv is set (to "1") in the payload's environment only when the recipe declares the zombie
+// check ([smoke.zombies]): an endpoint that starts processes on request is not served by default.
+const spawnEnv = "BUILDKIT_SMOKE_ZOMBIES"
+
 const (
 	defaultSpawn  = 3
 	maxSpawn      = 8

@@ -12,7 +12,7 @@ import time
 from hellopy import VERSION
 from hellopy.logwindow import MIN_RECORD_BYTES, LogWindow
 from hellopy.service import Service, make_server
-from hellopy.spawn import exit_with_orphan
+from hellopy.spawn import SPAWN_ENV, exit_with_orphan
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.log_records < 1 or args.log_record_bytes < MIN_RECORD_BYTES:
         raise ValueError(f"-log-records must be at least 1 and -log-record-bytes at least {MIN_RECORD_BYTES}")
     host, port = split_listen(args.listen)
-    service = Service(read_token(args.token_file), LogWindow(args.log_records, args.log_record_bytes))
+    service = Service(read_token(args.token_file), LogWindow(args.log_records, args.log_record_bytes),
+                      spawn_served=os.environ.get(SPAWN_ENV) == "1")
     server = make_server(host, port, service)
     stopping = threading.Event()
 

@@ -23,7 +23,7 @@ IO_TIMEOUT_S = 10
 class Service:
     """What the handlers share: the token digest, the log window and counters."""
 
-    def __init__(self, token: str, logs: LogWindow) -> None:
+    def __init__(self, token: str, logs: LogWindow, spawn_served: bool = False) -> None:
         self.started = time.monotonic()
         self.token = token  # kept only to scrub it from records; compared through its digest
         self.token_digest = hashlib.sha256(token.encode()).digest()
@@ -31,6 +31,7 @@ class Service:
         self.served = 0
         self._served_lock = threading.Lock()
         self.spawning = threading.Lock()
+        self.spawn_served = spawn_served  # /api/spawn is routed only when the recipe's smoke configuration asks
 
     def count_request(self) -> None:
         with self._served_lock:
@@ -55,9 +56,9 @@ class Handler(BaseHTTPRequestHandler):
     ROUTES = {
         "/api/health": ("GET",),
         "/api/data": ("GET",),
-        "/api/spawn": ("GET", "POST"),
         "/debug/logs": ("GET",),
     }
+    SPAWN_ROUTES = {"/api/spawn": ("GET", "POST")}
 
     def do_GET(self) -> None:
         self.dispatch()
@@ -176,5 +177,6 @@ class Server(ThreadingHTTPServer):
 
 
 def make_server(host: str, port: int, service: Service) -> Server:
-    handler = type("BoundHandler", (Handler,), {"service": service})
+    routes = {**Handler.ROUTES, **(Handler.SPAWN_ROUTES if service.spawn_served else {})}
+    handler = type("BoundHandler", (Handler,), {"service": service, "ROUTES": routes})
     return Server((host, port), handler)

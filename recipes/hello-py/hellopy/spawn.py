@@ -11,6 +11,9 @@ import subprocess
 import sys
 import time
 
+# Set (to "1") in the payload's environment only when the recipe declares the zombie check
+# ([smoke.zombies]): an endpoint that starts processes on request is not served by default.
+SPAWN_ENV = "BUILDKIT_SMOKE_ZOMBIES"
 DEFAULT_SPAWN = 3
 MAX_SPAWN = 8
 ORPHAN_LIFE_S = 0.5

@@ -1,0 +1,170 @@
+"""The service checks a recipe declares in its [smoke] table: HTTP probes, the log window, the
+zombie probe. They run from the client namespace, through port 80, once the platform checks have
+seen the payload listen."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from buildkit.recipe import HttpProbe, LogWindowProbe, Smoke, ZombieProbe
+from buildkit.smoke.device import Device
+from buildkit.smoke.netns import NetnsClient
+from buildkit.smoke.procfs import descendants
+from buildkit.smoke.results import CheckFailed, snippet
+
+PROBE_TIMEOUT = 10.0  # one request to a payload under emulation
+REAP_BOUND = 10.0
+LOG_WINDOW = "log-window"
+NO_ZOMBIES = "no-zombies"
+
+
+@dataclass(frozen=True)
+class Service:
+    """What a declared check talks to: the running device, from the client namespace."""
+
+    device: Device
+    client: NetnsClient
+    secret_values: dict[str, str]  # the test value provisioned for each declared secret
+    timeout: float
+
+
+DeclaredCheck = Callable[[Service], str]
+
+
+def declared_checks(smoke: Smoke) -> tuple[tuple[str, DeclaredCheck], ...]:
+    """(name, check) for each check of the [smoke] table, in the order they run."""
+    checks: list[tuple[str, DeclaredCheck]] = [
+        (probe.check_name, partial(check_http_probe, probe=probe)) for probe in smoke.http
+    ]
+    if smoke.log_window is not None:
+        checks.append((LOG_WINDOW, partial(check_log_window, window=smoke.log_window)))
+    if smoke.zombies is not None:
+        checks.append((NO_ZOMBIES, partial(check_no_zombies, zombies=smoke.zombies)))
+    return tuple(checks)
+
+
+def bearer(secret_values: dict[str, str], secret: str) -> dict[str, str]:
+    """The Authorization header with the test value provisioned for `secret` ({} for no secret)."""
+    if not secret:
+        return {}
+    if secret not in secret_values:
+        raise CheckFailed(
+            f"no secret {secret!r} is provisioned on the device: the overlay declares "
+            f"{', '.join(secret_values) or 'none'}"
+        )
+    return {"Authorization": f"Bearer {secret_values[secret]}"}
+
+
+def check_http_probe(service: Service, probe: HttpProbe) -> str:
+    headers = bearer(service.secret_values, probe.token_secret)
+    status, body = service.client.request(probe.path, probe.method, headers, timeout=PROBE_TIMEOUT)
+    asked = f"{probe.method} {probe.path}" + (f" with the {probe.token_secret} token" if headers else "")
+    if status != probe.status:
+        raise CheckFailed(f"{asked} answered {status}, expected {probe.status}: {snippet(body)}")
+    if probe.body_contains and probe.body_contains not in body.decode(errors="replace"):
+        raise CheckFailed(f"{asked} answered {status} without {probe.body_contains!r} in its body: {snippet(body)}")
+    return f"{asked} → {status} {snippet(body)}"
+
+
+def check_log_window(service: Service, window: LogWindowProbe) -> str:
+    """The window answers 401 without or with a wrong token, and with the right one returns records in
+    which the secrets sent in an earlier request do not appear, each record within its bound."""
+    client = service.client
+    authorized = bearer(service.secret_values, window.token_secret)
+    token = authorized["Authorization"].removeprefix("Bearer ")
+    canaries = send_canary_request(client, window)
+    for label, headers in (("no token", {}), ("a wrong token", {"Authorization": f"Bearer wrong-{token}"})):
+        status, body = client.request(window.path, headers=headers, timeout=PROBE_TIMEOUT)
+        if status != 401:
+            raise CheckFailed(f"{window.path} with {label} answered {status}, expected 401: {snippet(body)}")
+    status, body = client.request(window.path, headers=authorized, timeout=PROBE_TIMEOUT)
+    if status != 200:
+        raise CheckFailed(f"{window.path} with the right token answered {status}: {snippet(body)}")
+    text = body.decode(errors="replace")
+    records = json_records(text)
+    if not any(window.request_path in json.dumps(record) for record, _ in records):
+        raise CheckFailed(
+            f"{window.path} has {len(records)} record(s), none for the {window.request_path} request just made"
+        )
+    leaked = sorted(name for name, value in canaries.items() if value in text) + (
+        ["the window's token itself"] if token in text else []
+    )
+    if leaked:
+        raise CheckFailed(f"{window.path} shows unredacted secrets: {', '.join(leaked)}")
+    return (
+        f"401 without and with a wrong token; the right token gives {len(records)} record(s), the "
+        f"{window.request_path} request's token, password, Authorization and Cookie redacted"
+        f"{check_record_sizes(records, window.max_record_bytes)}"
+    )
+
+
+def send_canary_request(client: NetnsClient, window: LogWindowProbe) -> dict[str, str]:
+    """A request with a fresh secret in each place a client may put one (and, when the window states
+    its record bound, a query longer than that): the values the window must not show."""
+    canaries = {name: f"smoke-{name}-{secrets.token_hex(8)}" for name in ("token", "password", "bearer", "cookie")}
+    padding = f"&padding={'x' * 2 * window.max_record_bytes}" if window.max_record_bytes else ""
+    client.request(
+        f"{window.request_path}?token={canaries['token']}&password={canaries['password']}{padding}",
+        headers={"Authorization": f"Bearer {canaries['bearer']}", "Cookie": f"session={canaries['cookie']}"},
+        timeout=PROBE_TIMEOUT,
+    )
+    return canaries
+
+
+def check_record_sizes(records: list[tuple[dict[str, Any], int]], bound: int | None) -> str:
+    if bound is None:
+        return ""
+    largest = max((size for _, size in records), default=0)
+    if largest > bound:
+        raise CheckFailed(f"a record of {largest} bytes, over the window's bound of {bound}")
+    return f"; every record within {bound} bytes (largest {largest}, after a request longer than that)"
+
+
+def json_records(text: str) -> list[tuple[dict[str, Any], int]]:
+    """(record, its size in bytes) for records given as JSON lines or as one JSON array."""
+    stripped = text.strip()
+    if stripped.startswith("["):
+        with contextlib.suppress(json.JSONDecodeError):
+            return [
+                (item, len(json.dumps(item, separators=(",", ":")).encode()))
+                for item in json.loads(stripped)
+                if isinstance(item, dict)
+            ]
+        return []
+    records = []
+    for line in stripped.splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            if isinstance(item := json.loads(line), dict):
+                records.append((item, len(line.encode())))
+    return records
+
+
+def check_no_zombies(service: Service, zombies: ZombieProbe) -> str:
+    """The declared endpoint starts processes that leave orphans behind; once they exit, nothing of
+    them may remain under the sandbox's PID 1, zombies least of all."""
+    tini, _ = service.device.sandbox()
+    before = {proc.pid for proc in descendants(tini.pid)}
+    # Each child is a fresh emulated process: an interpreter takes seconds to start under qemu.
+    status, body = service.client.request(zombies.path, timeout=service.timeout)
+    if status != 200:
+        raise CheckFailed(f"GET {zombies.path} answered {status}: {snippet(body)}")
+    started = time.monotonic()
+    while leftovers := [proc for proc in descendants(tini.pid) if proc.pid not in before]:
+        if time.monotonic() - started > REAP_BOUND:
+            zombie_count = sum(proc.state == "Z" for proc in leftovers)
+            raise CheckFailed(
+                f"{zombie_count} zombie(s) and {len(leftovers) - zombie_count} other process(es) "
+                f"from {zombies.path} still there after {REAP_BOUND:.0f}s"
+            )
+        time.sleep(0.1)
+    return (
+        f"GET {zombies.path} → 200 {snippet(body, 80)}; every process it started gone and reaped "
+        f"{time.monotonic() - started:.1f}s later, 0 zombies"
+    )

@@ -1,0 +1,77 @@
+"""The pre-filter drops nothing: every encoding the full decode would flag is a candidate.
+
+The scan only disassembles words in the encoding families that can hold post-ARMv6 instructions
+(codescan.ARM_CANDIDATES, THUMB_CANDIDATES); these tests decide words with Capstone and classify()
+directly and check that each flagged one is caught by the filter: exhaustively for 16-bit Thumb,
+by a seeded sample of the 32-bit words outside the candidate families for ARM."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from buildkit.archgate import codescan
+from buildkit.archgate.codescan import ARM_SCAN, THUMB_SCAN, CodeRules, classify, decode
+from support.codescan import profile_rules
+
+ARM_SAMPLE = 60_000
+
+
+@pytest.fixture(scope="module")
+def strictest() -> CodeRules:
+    """pi1 plus every group above ARMv6 Capstone knows: the widest set a profile could reject."""
+    pi1 = profile_rules("pi1")
+    return CodeRules(pi1.reject_groups | {"V6M"}, frozenset(), 15, False, False, False, False)
+
+
+def is_candidate(pattern, code: bytes) -> bool:
+    match = pattern.match(code)
+    return match is not None and match.group(1) == code
+
+
+def flagged(state: str, code: bytes, rules: CodeRules) -> bool:
+    insn = decode(state, code)
+    return insn is not None and classify(state, code, insn, rules) is not None
+
+
+def test_no_arm_word_outside_the_candidate_families_is_flagged(strictest):
+    rng = random.Random(20261123)
+    checked, missed = 0, []
+    while checked < ARM_SAMPLE:
+        code = rng.getrandbits(32).to_bytes(4, "little")
+        if is_candidate(ARM_SCAN, code):
+            continue
+        checked += 1
+        if flagged("arm", code, strictest):
+            missed.append(code[::-1].hex())
+    assert missed == []
+
+
+def test_every_flagged_16bit_thumb_encoding_is_a_candidate(strictest):
+    missed = []
+    for halfword in range(0x10000):
+        if halfword >> 11 >= 0b11101:  # first half of a 32-bit encoding: always a candidate
+            continue
+        code = halfword.to_bytes(2, "little")
+        if flagged("thumb", code, strictest) and not is_candidate(THUMB_SCAN, code):
+            missed.append(f"{halfword:04x}")
+    assert missed == []
+
+
+def test_32bit_thumb_encodings_are_candidates_except_the_bl_pair(strictest):
+    rng = random.Random(7)
+    for _ in range(5000):
+        hw1, hw2 = rng.randrange(0xE800, 0x10000), rng.randrange(0x10000)
+        code = hw1.to_bytes(2, "little") + hw2.to_bytes(2, "little")
+        is_bl_pair = hw1 & 0xF800 == 0xF000 and hw2 & 0xE800 == 0xE800
+        assert is_candidate(THUMB_SCAN, code) != is_bl_pair
+        if is_bl_pair:
+            assert not flagged("thumb", code, strictest)
+
+
+def test_capstone_groups_are_compared_by_name():
+    from capstone import arm_const
+
+    assert codescan.GROUP_NAMES[arm_const.ARM_GRP_DATABARRIER] == "DATABARRIER"
+    assert {group for group, _ in codescan.GROUP_RULES} <= set(codescan.GROUP_NAMES.values())

@@ -1,0 +1,46 @@
+"""`buildkit verify artifact` through the real CLI on inputs made in Python: the exit codes and
+one-line errors for damaged or missing inputs and bad profiles."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.cli import no_traceback
+
+
+def test_exit_1_for_a_damaged_elf(run_cli, tmp_path):
+    (tmp_path / "broken").write_bytes(b"\x7fELF\x01\x01\x01" + b"\0" * 9 + b"\xff" * 30)
+    proc = run_cli("verify", "artifact", tmp_path / "broken")
+    assert proc.returncode == 1 and "elf.parse" in proc.stdout
+    no_traceback(proc)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("verify", "artifact", "does-not-exist"), "does-not-exist: no such file or directory"),
+        (("verify", "artifact", "--profile", "pi9", "."), "profile 'pi9': unknown"),
+        (("verify", "artifact", "--waiver", "nowhere.toml", "."), "waiver file nowhere.toml: no such file"),
+    ],
+)
+def test_exit_2_with_one_line_for_bad_input(run_cli, args, message):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    no_traceback(proc)
+
+
+def test_exit_2_for_a_corrupt_archive(run_cli, tmp_path):
+    (tmp_path / "x.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"junk" * 10)
+    proc = run_cli("verify", "artifact", tmp_path / "x.tar.gz")
+    assert proc.returncode == 2 and "x.tar.gz" in proc.stderr
+    no_traceback(proc)
+
+
+def test_exit_2_for_a_bad_profile_file(run_cli, repo_root, tmp_path):
+    pi1 = (repo_root / "verify/profiles/pi1.toml").read_text()
+    (tmp_path / "p.toml").write_text(pi1.replace("[go]", "[attributes.Tag_Bogus]\nallow = [0]\n\n[go]"))
+    proc = run_cli("verify", "artifact", "--profile", tmp_path / "p.toml", ".")
+    assert proc.returncode == 2 and "Tag_Bogus" in proc.stderr
+    no_traceback(proc)
