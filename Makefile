@@ -12,7 +12,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What the pipeline itself runs (see `buildkit doctor`).
 APT_RUNTIME := python3-venv python3-dev gcc qemu-user qemu-user-static binfmt-support \
 	bubblewrap tini nftables minisign squashfs-tools mmdebstrap arch-test busybox iproute2 \
-	dpkg-dev ca-certificates
+	dpkg-dev ca-certificates libseccomp2
 # What only the tests and benchmarks use: cross-compilers for test binaries, linters, an engine.
 APT_TEST := gcc-arm-linux-gnueabi gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu \
 	libc6-dev-armel-cross libc6-dev-armhf-cross libc6-dev-arm64-cross \

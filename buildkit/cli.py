@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
+import signal
 import traceback
 from collections.abc import Callable, Iterator
 from enum import StrEnum
@@ -21,16 +21,20 @@ import typer
 if TYPE_CHECKING:
     from buildkit.context import BuildContext
     from buildkit.package import PackageResult
+    from buildkit.source import SourcePolicy
 
 from buildkit.errors import (
     EXIT_CODES,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     EXIT_VIOLATION,
+    Terminated,
     UserError,
     VerificationFailed,
 )
+from buildkit.progress import step
 from buildkit.target import DEFAULT_PROFILE
 
 app = typer.Typer(
@@ -61,6 +65,9 @@ def _run(action: Callable[[], T]) -> T:
     except VerificationFailed as exc:
         typer.echo(f"buildkit: {exc}", err=True)
         raise SystemExit(EXIT_VIOLATION) from None
+    except Terminated:
+        typer.echo("buildkit: terminated; no partial output was kept", err=True)
+        raise SystemExit(EXIT_TERMINATED) from None
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("buildkit: interrupted; no partial output was kept", err=True)
         raise SystemExit(EXIT_INTERRUPTED) from None
@@ -74,17 +81,6 @@ def _run(action: Callable[[], T]) -> T:
             f"buildkit: internal error: {type(exc).__name__}: {detail} (BUILDKIT_DEBUG=1 shows the traceback)", err=True
         )
         raise SystemExit(EXIT_INTERNAL) from None
-
-
-def _progress(message: str) -> contextlib.AbstractContextManager:
-    """A spinner on stderr when it is a terminal; nothing in CI or a pipe (and no rich import there:
-    it costs a tenth of a second of start-up)."""
-    if not sys.stderr.isatty():
-        return contextlib.nullcontext()
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    return console.status(message) if console.is_terminal else contextlib.nullcontext()
 
 
 class ReportFormat(StrEnum):
@@ -106,14 +102,26 @@ def verify_artifact(
         bool, typer.Option("--scan-code", help="Disassemble every object, not only those without attributes.")
     ] = False,
     waiver: Annotated[list[Path] | None, typer.Option(help="Extra waiver file (TOML); repeatable.")] = None,
+    closure: Annotated[
+        str,
+        typer.Option(
+            help="Dynamic closure: strict (every library in the tree), auto (strict only for a tree that holds "
+            "its own loader; else missing libraries are closure.external), off."
+        ),
+    ] = "auto",
 ) -> None:
     """Gate artifacts against a target profile. Exit 0: compatible; 1: a violation; 2: bad input."""
-    from buildkit.archgate.gate import verify_artifacts
+    from buildkit.archgate.gate import CLOSURE_MODES, verify_artifacts
     from buildkit.archgate.report import emit_report
 
     def action() -> None:
-        with _progress(f"verifying {len(paths)} input(s)"):
-            report = verify_artifacts(paths, profile=profile, scan_code=scan_code, waiver_files=waiver or [])
+        mode = next((m for m in CLOSURE_MODES if m == closure), None)
+        if mode is None:
+            raise UserError(f"--closure {closure!r}: expected one of {', '.join(CLOSURE_MODES)}")
+        with step(f"verifying {len(paths)} input(s)"):
+            report = verify_artifacts(
+                paths, profile=profile, scan_code=scan_code, waiver_files=waiver or [], closure=mode
+            )
         emit_report(report, fmt.value, output)
         if not report.ok:
             raise typer.Exit(EXIT_VIOLATION)
@@ -125,6 +133,15 @@ PassphraseFileOption = Annotated[
     Path | None,
     typer.Option(
         help="Read the passphrase from the first line of this file (else $BUILDKIT_KEY_PASSPHRASE, else a prompt)."
+    ),
+]
+
+
+AllowInsecureKeyOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-insecure-key",
+        help="Sign with a secret key file that group or others may read (also $BUILDKIT_ALLOW_INSECURE_KEY=1).",
     ),
 ]
 
@@ -177,6 +194,7 @@ def sign_files(
         str | None,
         typer.Option(help="The signed comment (default: timestamp:<SOURCE_DATE_EPOCH or now>, file name, 'hashed')."),
     ] = None,
+    allow_insecure_key: AllowInsecureKeyOption = False,
 ) -> None:
     """Write minisign signatures (prehashed ED) that `minisign -V` and `buildkit verify signature` check."""
     from buildkit import sign
@@ -185,7 +203,7 @@ def sign_files(
         for file in files:
             if not file.is_file():
                 raise UserError(f"file to sign {file} not found (or not a regular file)")
-        secret = sign.resolve_signing_key(key, passphrase_file, dev_key_dir=None)
+        secret = sign.resolve_signing_key(key, passphrase_file, dev_key_dir=None, allow_insecure=allow_insecure_key)
         for file in files:
             typer.echo(sign.sign_file(file, secret, trusted_comment))
 
@@ -281,22 +299,52 @@ RecipeArgument = Annotated[Path, typer.Argument(help="A recipe.toml, or the dire
 OutOption = Annotated[Path | None, typer.Option(help="Output directory (default: out/<recipe name>).")]
 
 
-def _context(recipe: Path, out: Path | None) -> BuildContext:
+AllowSourceOutsideOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--allow-source-outside",
+        help="A directory outside the recipe's own that its `source` may resolve into; repeatable.",
+    ),
+]
+MaxSourceSizeOption = Annotated[
+    str, typer.Option("--max-source-size", help="Bound on the bytes of the source tree's files (512M, 2GiB, ...).")
+]
+DEFAULT_MAX_SOURCE_SIZE = "1GiB"
+
+
+def _source_policy(allow_outside: list[Path] | None, max_size: str) -> SourcePolicy:
+    from buildkit.source import SourcePolicy, parse_size
+
+    for directory in allow_outside or ():
+        if not directory.is_dir():
+            raise UserError(f"--allow-source-outside {directory}: not a directory")
+    return SourcePolicy(tuple(d.resolve() for d in allow_outside or ()), parse_size(max_size))
+
+
+def _context(recipe: Path, out: Path | None, source: SourcePolicy | None = None) -> BuildContext:
     """The recipe, checked, and everything a build resolves once: outputs in `--out`, else
     out/<name>; the cache and the development key in the recipe's project."""
     from buildkit.context import build_context
     from buildkit.recipe import load_recipe
+    from buildkit.source import SourcePolicy
 
-    return build_context(load_recipe(recipe), out)
+    return build_context(load_recipe(recipe, source or SourcePolicy()), out)
 
 
-def _package(recipe: Path, out: Path | None, key: Path | None, passphrase_file: Path | None) -> PackageResult:
+def _package(
+    recipe: Path,
+    out: Path | None,
+    key: Path | None,
+    passphrase_file: Path | None,
+    source: SourcePolicy | None = None,
+    allow_insecure_key: bool = False,
+) -> PackageResult:
     """Build, gate, sign and package; says which key signed."""
     from buildkit.package import package_recipe
     from buildkit.sign import resolve_signing_key
 
-    ctx = _context(recipe, out)
-    secret = resolve_signing_key(key, passphrase_file, dev_key_dir=ctx.dev_key_dir)
+    ctx = _context(recipe, out, source)
+    secret = resolve_signing_key(key, passphrase_file, dev_key_dir=ctx.dev_key_dir, allow_insecure=allow_insecure_key)
     typer.echo(f"buildkit: signing with key {secret.key_id}", err=True)
     return package_recipe(ctx, secret)
 
@@ -305,14 +353,16 @@ def _package(recipe: Path, out: Path | None, key: Path | None, passphrase_file: 
 def build_command(
     recipe: RecipeArgument,
     out: OutOption = None,
+    allow_source_outside: AllowSourceOutsideOption = None,
+    max_source_size: MaxSourceSizeOption = DEFAULT_MAX_SOURCE_SIZE,
 ) -> None:
     """Build a recipe's payload and gate it. Exit 0: built and compatible; 1: the gate refused it; 2: bad input."""
     from buildkit.build.stage import GATE_REPORT, build_recipe
 
     def action() -> None:
-        ctx = _context(recipe, out)
+        ctx = _context(recipe, out, _source_policy(allow_source_outside, max_source_size))
         out_dir = ctx.out_dir
-        with _progress(f"building {ctx.recipe.name}"):
+        with step(f"building {ctx.recipe.name}"):
             result = build_recipe(ctx)
         gate = result.gate
         typer.echo(f"payload: {result.payload_dir}" + (" (cached: nothing rebuilt)" if result.cached else ""))
@@ -320,6 +370,57 @@ def build_command(
             f"gate: {gate.verdict} (profile {gate.profile}, {len(gate.objects)} ELF object(s), "
             f"{len(gate.errors)} error(s), {len(gate.waived)} waived; report {out_dir / GATE_REPORT})"
         )
+
+    _run(action)
+
+
+class InitKind(StrEnum):
+    go = "go"
+    python = "python"
+
+
+@app.command("init")
+def init_command(
+    name: Annotated[str, typer.Argument(help="The recipe's name: lowercase letters, digits and '-'.")],
+    kind: Annotated[InitKind, typer.Option(help="The payload kind.")] = InitKind.go,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where to write it (default: ./NAME); must be new or empty.")
+    ] = None,
+) -> None:
+    """Write a new recipe directory: a minimal single-port service and the [smoke] checks that prove it."""
+    from buildkit.scaffold import init_recipe
+
+    def action() -> None:
+        made = init_recipe(name, kind.value, directory or Path(name))
+        for file in made.files:
+            typer.echo(f"wrote {file}")
+        typer.echo(f"next: buildkit package {made.directory}  (then, as root: buildkit smoke {made.directory})")
+
+    _run(action)
+
+
+class InspectFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command("inspect")
+def inspect_command(
+    out_dir: Annotated[Path, typer.Argument(help="What `buildkit package` wrote (OUT_DIR).")],
+    fmt: Annotated[InspectFormat, typer.Option("--format", help="Report format.")] = InspectFormat.text,
+) -> None:
+    """What a package holds and what it costs: sizes by directory, Debian package, wheel and Go module; the gate
+    verdict and waivers; the signature and key id; the overlay's services and firewall. Exit 1: the signature does
+    not verify, the overlay trusts another key, or the gate failed."""
+    import json
+
+    from buildkit.inspect import inspect_package, inspection_ok, render_text
+
+    def action() -> None:
+        report = inspect_package(out_dir)
+        typer.echo(json.dumps(report, indent=2, sort_keys=True) if fmt is InspectFormat.json else render_text(report))
+        if not inspection_ok(report):
+            raise typer.Exit(EXIT_VIOLATION)
 
     _run(action)
 
@@ -354,12 +455,16 @@ def package_command(
     ] = None,
     passphrase_file: PassphraseFileOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON.")] = False,
+    allow_source_outside: AllowSourceOutsideOption = None,
+    max_source_size: MaxSourceSizeOption = DEFAULT_MAX_SOURCE_SIZE,
+    allow_insecure_key: AllowInsecureKeyOption = False,
 ) -> None:
     """Build, gate, sign and package a recipe: apkovl, payload image, signed manifest. Exit 1: the gate refused it."""
     import json
 
     def action() -> None:
-        result = _package(recipe, out, key, passphrase_file)
+        source = _source_policy(allow_source_outside, max_source_size)
+        result = _package(recipe, out, key, passphrase_file, source, allow_insecure_key)
         written = {
             "apkovl": result.apkovl,
             "payload_image": result.payload_image,
@@ -393,8 +498,24 @@ def package_command(
     _run(action)
 
 
+_signalled: list[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGINT and SIGTERM become exceptions, so that the stages' cleanup (`finally`: staging
+    directories in the cache and the out dir, temporary files) runs for both; a second signal during
+    that cleanup is ignored (SIGKILL still ends the process). A handler, not SIG_IGN: the programs a
+    cleanup starts get the default dispositions."""
+    if _signalled:
+        return
+    _signalled.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 def main() -> None:
     """The console script; a bug outside a command's own `_run` (its stage imports) exits 3 as well."""
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     _run(partial(app, prog_name="buildkit"))
 
 

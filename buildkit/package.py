@@ -53,7 +53,9 @@ from buildkit.fsutil import (
     write_bytes_atomic,
 )
 from buildkit.layout import MANIFEST, PUBLIC_KEY, SDCARD_README, SIGNATURE
+from buildkit.progress import step
 from buildkit.recipe import SECRET_MOUNT, Recipe
+from buildkit.seccomp import build_filter
 from buildkit.sign import PublicKey, SecretKey, sign_bytes
 from buildkit.toolchain import require_tool
 
@@ -170,6 +172,7 @@ def template_values(recipe: Recipe, public_key: PublicKey, epoch: int) -> dict[s
         "NTP_SERVERS": shlex.quote(" ".join(recipe.egress.ntp)),
         "NTP_PEERS": "".join(f" -p {server}" for server in recipe.egress.ntp),
         "WRITABLE": shlex.quote(" ".join(run.writable)),
+        **sandbox_values(recipe),
         "SECRETS": shlex.quote(" ".join(f"{name}:{secret.file}" for name, secret in sorted(recipe.secrets.items()))),
         "ENV_ARGS": shlex.quote(shlex.join(word for name in sorted(env) for word in ("--setenv", name, env[name]))),
         "ARGV": shlex.quote(shlex.join((run.entrypoint, *run.args))),
@@ -179,6 +182,7 @@ def template_values(recipe: Recipe, public_key: PublicKey, epoch: int) -> dict[s
         "SERVICE_GROUP": f"{user.name}:x:{user.gid}:",
         "SERVICE_SHADOW": f"{user.name}:!::0:::::",
         "EGRESS_RULES": "\n\t\t".join(egress_rules(recipe)),
+        **firewall_values(recipe),
         "BOOT_MEDIA": boot.media,
         "RNG_MODULE": boot.rng_module,
         "RNG_HINT": shlex.quote(
@@ -186,6 +190,42 @@ def template_values(recipe: Recipe, public_key: PublicKey, epoch: int) -> dict[s
             if boot.rng_module
             else ", ".join(boot.usercfg) or "see the board's documentation"
         ),
+    }
+
+
+def sandbox_values(recipe: Recipe) -> dict[str, str]:
+    """The sandbox's bounds for the payload's configuration (the recipe's [run.limits])."""
+    limits = recipe.run.limits
+    return {
+        "TMPFS": shlex.quote(" ".join(f"{path}:{size}" for path, size in recipe.run.tmpfs_sizes().items())),
+        "LIMIT_NPROC": str(limits.processes),
+        "LIMIT_NOFILE": str(limits.open_files),
+        "LIMIT_AS_KB": str(limits.address_space_mb * 1024),
+    }
+
+
+def seccomp_entries(recipe: Recipe) -> list[OverlayEntry]:
+    """The payload's seccomp filter, compiled (what bwrap loads) and as its source (what it says)."""
+    compiled = build_filter(recipe.kind, recipe.run.limits.syscalls)
+    base = f"etc/buildkit/{recipe.name}.seccomp"
+    return [
+        OverlayEntry("etc", "dir", 0o755),
+        OverlayEntry("etc/buildkit", "dir", 0o755),
+        OverlayEntry(f"{base}.bpf", "file", 0o644, data=compiled.program),
+        OverlayEntry(f"{base}.txt", "file", 0o644, data=compiled.source_text.encode()),
+    ]
+
+
+def firewall_values(recipe: Recipe) -> dict[str, str]:
+    """The numbers of the nftables template (the recipe's [firewall] table)."""
+    firewall = recipe.firewall
+    return {
+        "NEW_RATE": str(firewall.new_per_second),
+        "NEW_BURST": str(firewall.new_burst),
+        "CONN_PER_SOURCE": str(firewall.connections_per_source),
+        "CONN_TOTAL": str(firewall.connections_total),
+        "V6_PREFIX": str(firewall.ipv6_source_prefix),
+        "V6_MASK": str(ipaddress.IPv6Network(f"::/{firewall.ipv6_source_prefix}").netmask),
     }
 
 
@@ -225,8 +265,8 @@ def render_overlay(
 ) -> tuple[OverlayEntry, ...]:
     """The features rendered for `recipe` (by default those it selects): `.in` files and every path
     go through the placeholder renderer; other files are copied; then the runlevel links and the apk
-    world they declare. Sorted by path, parents first. Two features may share directories but never
-    a file."""
+    world they declare, and the payload's seccomp filter. Sorted by path, parents first. Two
+    features may share directories but never a file."""
     values = template_values(recipe, public_key, epoch)
     features = selected_features(recipe.device.features) if features is None else features
     entries: dict[str, OverlayEntry] = {}
@@ -242,6 +282,8 @@ def render_overlay(
         ("etc/apk/world", OverlayEntry("etc/apk/world", "file", 0o644, data=world)),
     ):
         entries.setdefault(path, entry)
+    for entry in seccomp_entries(recipe):
+        entries.setdefault(entry.path, entry)
     for entry in entries.values():
         if not OVERLAY_PATH_RE.fullmatch(entry.path):
             raise UserError(f"overlay path {entry.path!r} has characters the boot script cannot check")
@@ -320,7 +362,7 @@ def build_payload_image(payload_dir: Path, recipe: Recipe, dest: Path, epoch: in
         entries = tree_entries(tree)
         # mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times; the times are explicit.
         env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
-        with atomic_output(dest) as part:
+        with atomic_output(dest) as part, step(f"squashing the payload into {dest.name} (mksquashfs)"):
             proc = subprocess.run(
                 [
                     str(mksquashfs),

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -21,14 +23,17 @@ from buildkit.archgate.profile import Waiver
 from buildkit.build.kinds import KINDS, kind_module
 from buildkit.errors import UserError
 from buildkit.features import available_features, base_accounts
-from buildkit.schema import Where, from_table, read_toml
+from buildkit.resources import VERIFY_DIR
+from buildkit.schema import Invalid, Where, from_table, read_toml
+from buildkit.seccomp import unknown_on_arm
+from buildkit.source import DEFAULT_POLICY, SourcePolicy, confine, source_entries
 from buildkit.target import DEFAULT_PROFILE, Target, load_target
 
 RECIPE_FILE = "recipe.toml"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-# Environment names that hold a secret's value; the recipe must pass a file path instead.
-SECRET_ENV_RE = re.compile(r"TOKEN|SECRET|PASSW|PASSPHRASE|PRIVATE_KEY|API_KEY|CREDENTIAL", re.IGNORECASE)
 SECRET_MOUNT = "/run/secrets/"
+# What a secret written into env or args looks like (names, known prefixes, token shapes): data.
+SECRET_PATTERNS_FILE = VERIFY_DIR / "secrets.toml"
 SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 # The boot script splits these on whitespace and matches them with awk: keep them to plain words.
 DEVICE_WORD_RE = re.compile(r"[A-Za-z0-9._/-]+")
@@ -38,6 +43,11 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What bwrap mounts itself in the sandbox: a recipe's writable path may not be there.
 RESERVED_SANDBOX_PATHS = ("/proc", "/dev", "/run")
 HTTP_PORT = 80
+# Service ids: 0 is root, 65534 is nobody, 65535 is (uid_t)-1 in 16 bits; above, setpriv and the
+# kernel's 16-bit interfaces truncate (2^32 became uid 0 on the device).
+SERVICE_ID_RANGE = range(1, 65534)
+# A destination network this wide is "anywhere": it needs egress.allow_any = true.
+CATCH_ALL_PREFIX = {4: 8, 6: 16}
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,41 @@ class Egress:
     dns: tuple[str, ...] = ("1.1.1.1", "9.9.9.9")
     ntp: tuple[str, ...] = ("162.159.200.1", "162.159.200.123")
     telemetry: tuple[TelemetryHost, ...] = ()
+    allow_any: bool = False  # a network wider than /8 (IPv4) or /16 (IPv6) is refused without it
+
+
+def check_bounds(table: Any, bounds: dict[str, tuple[int, int]]) -> None:
+    """Each integer field named in `bounds` within its (low, high), else Invalid for its key."""
+    for key, (low, high) in bounds.items():
+        if not low <= getattr(table, key) <= high:
+            raise Invalid(key, f"expected an integer from {low} to {high}, got {getattr(table, key)}")
+
+
+# [firewall]: each number's allowed range. The defaults suit a Pi 1B serving the Internet directly.
+FIREWALL_BOUNDS = {
+    "new_per_second": (1, 10_000),
+    "new_burst": (1, 100_000),
+    "connections_per_source": (1, 65_535),
+    "connections_total": (1, 65_535),
+    "ipv6_source_prefix": (32, 64),  # coarser than /32 lumps whole providers; finer than /64 is one host
+}
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """The numbers of the device's nftables ruleset (rootfs/features/firewall/). A source is an IPv4
+    address or an IPv6 prefix of `ipv6_source_prefix` bits: one host holds 2^64 IPv6 addresses."""
+
+    new_per_second: int = 20  # new connections a source may open per second once its burst is spent
+    new_burst: int = 40
+    connections_per_source: int = 32  # connections a source may hold open at once (conntrack count)
+    connections_total: int = 512  # connections all sources together may hold open to the service
+    ipv6_source_prefix: int = 64
+
+    def validate(self) -> None:
+        check_bounds(self, FIREWALL_BOUNDS)
+        if self.connections_per_source > self.connections_total:
+            raise Invalid("connections_per_source", "more than connections_total: one source could take every slot")
 
 
 @dataclass(frozen=True)
@@ -82,6 +127,39 @@ class Gate:
     profile: str = DEFAULT_PROFILE
     scan_code: bool = False
     waivers: tuple[Waiver, ...] = ()
+
+
+# The sandbox's bounds (README: "The sandbox"): low, high for each number of [run.limits].
+LIMIT_BOUNDS = {
+    "processes": (8, 4096),
+    "open_files": (16, 65536),
+    "address_space_mb": (64, 3072),  # 3 GiB: all an ARM process can address
+    "tmpfs_mb": (1, 1024),
+    "tmpfs_total_mb": (1, 1024),
+}
+# The tmpfs of the sandbox live in the RAM that also holds Alpine's diskless root, its packages and
+# the payload's own memory: together they may take at most this fraction of the board's RAM.
+TMPFS_RAM_FRACTION = 4
+SANDBOX_TMP = "/tmp"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """[run.limits]: rlimits of every process in the sandbox, the size of each tmpfs (/tmp and the
+    writable paths) and the syscalls allowed beyond the kind's seccomp policy (verify/seccomp/)."""
+
+    processes: int = 64  # RLIMIT_NPROC: tasks (threads included) of the service user
+    open_files: int = 1024  # RLIMIT_NOFILE
+    address_space_mb: int = 768  # RLIMIT_AS: Go's 32-bit runtime reserves 516 MiB of it at start
+    tmpfs_mb: int = 16  # each tmpfs, unless `tmpfs` gives its path another size
+    tmpfs: dict[str, int] = field(default_factory=dict)  # path → MiB, for /tmp or a writable path
+    tmpfs_total_mb: int = 64  # all of them together; at most 1/TMPFS_RAM_FRACTION of the board's RAM
+    syscalls: tuple[str, ...] = ()  # ARM EABI syscall names added to the seccomp allow-list
+
+    def validate(self) -> None:
+        for key, (low, high) in LIMIT_BOUNDS.items():
+            if not low <= getattr(self, key) <= high:
+                raise Invalid(key, f"expected an integer from {low} to {high}, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +172,11 @@ class Run:
     port: int = 8080
     writable: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    limits: Limits = Limits()
+
+    def tmpfs_sizes(self) -> dict[str, int]:
+        """MiB of every tmpfs the sandbox mounts for storage: /tmp first, then the writable paths."""
+        return {path: self.limits.tmpfs.get(path, self.limits.tmpfs_mb) for path in (SANDBOX_TMP, *self.writable)}
 
 
 @dataclass(frozen=True)
@@ -146,11 +229,29 @@ class ZombieProbe:
     path: str
 
 
+# [smoke.slow_clients]: each number's allowed range (the check is bounded whatever the recipe says).
+SLOW_CLIENTS_BOUNDS = {"connections": (1, 1000), "answer_within_ms": (100, 60_000)}
+
+
+@dataclass(frozen=True)
+class SlowClientsProbe:
+    """Slow clients (slowloris): `connections` connections that each send the start of a request,
+    then a header line now and then; while they do, `path` must answer 200 within `answer_within_ms`."""
+
+    path: str
+    connections: int = 300
+    answer_within_ms: int = 2000
+
+    def validate(self) -> None:
+        check_bounds(self, SLOW_CLIENTS_BOUNDS)
+
+
 @dataclass(frozen=True)
 class Smoke:
     http: tuple[HttpProbe, ...] = ()
     log_window: LogWindowProbe | None = None
     zombies: ZombieProbe | None = None
+    slow_clients: SlowClientsProbe | None = None
 
     @property
     def payload_env(self) -> dict[str, str]:
@@ -175,6 +276,8 @@ def check_smoke(recipe: Recipe, where: Where) -> None:
         _check_log_window(recipe, smoke.log_window, where.child("log_window"))
     if smoke.zombies is not None:
         _check_request_path(smoke.zombies.path, where.child("zombies").child("path"))
+    if smoke.slow_clients is not None:
+        _check_request_path(smoke.slow_clients.path, where.child("slow_clients").child("path"))
 
 
 def _check_log_window(recipe: Recipe, window: LogWindowProbe, where: Where) -> None:
@@ -212,6 +315,7 @@ class Recipe:
     description: str = ""
     secrets: dict[str, Secret] = field(default_factory=dict)
     egress: Egress = Egress()
+    firewall: Firewall = Firewall()
     gate: Gate = Gate()
     device: Device = Device()
     smoke: Smoke = Smoke()
@@ -220,6 +324,8 @@ class Recipe:
     target: Target = field(kw_only=True, metadata={"internal": True})  # the board of `gate.profile`
     path: Path = field(kw_only=True, metadata={"internal": True})
     sha256: str = field(kw_only=True, metadata={"internal": True})
+    # What the user allowed of the source tree (buildkit.source): every reader of the tree applies it.
+    source_policy: SourcePolicy = field(default=DEFAULT_POLICY, kw_only=True, metadata={"internal": True})
 
     @property
     def source_dir(self) -> Path:
@@ -239,10 +345,21 @@ def resolve_recipe_path(arg: Path) -> Path:
     return candidate
 
 
-def load_recipe(arg: Path) -> Recipe:
+def load_recipe(arg: Path, source_policy: SourcePolicy = DEFAULT_POLICY) -> Recipe:
     path = resolve_recipe_path(arg).resolve()
     raw = path.read_bytes()
-    data = read_toml(path)
+    return recipe_from_table(read_toml(path), path, hashlib.sha256(raw).hexdigest(), source_policy)
+
+
+def recipe_from_table(
+    data: dict[str, Any],
+    path: Path,
+    sha256: str,
+    source_policy: SourcePolicy = DEFAULT_POLICY,
+    target: Target | None = None,
+) -> Recipe:
+    """The recipe `data` read from `path` (resolved), checked completely; the board is that of its
+    `gate.profile` unless `target` is given (the fuzz tests load it once)."""
     where = Where(path)
     settings = _kind_settings(data, where)
     profile = _profile_name(data, where)
@@ -251,9 +368,10 @@ def load_recipe(arg: Path) -> Recipe:
         data,
         where,
         settings=settings,
-        target=load_target(profile, path.parent),
+        target=target or load_target(profile, path.parent),
         path=path,
-        sha256=hashlib.sha256(raw).hexdigest(),
+        sha256=sha256,
+        source_policy=source_policy,
     )
     check_recipe(recipe, where)
     return recipe
@@ -262,7 +380,7 @@ def load_recipe(arg: Path) -> Recipe:
 def _kind_settings(data: dict[str, Any], where: Where) -> Any:
     """Take the kind's own table out of `data` and read it with the kind's schema."""
     kind = data.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         shown = repr(kind) if isinstance(kind, str) else "nothing" if kind is None else f"{kind!r}"
         raise where.child("kind").error(f"expected one of {', '.join(map(repr, KINDS))}, got {shown}")
     for other in KINDS:
@@ -301,8 +419,17 @@ def _check_identity(recipe: Recipe, where: Where) -> None:
         raise where.child("version").error(f"{recipe.version!r}: use letters, digits and . _ + ~ - only")
     if recipe.hostname and not NAME_RE.fullmatch(recipe.hostname):
         raise where.child("hostname").error("expected a host name: lowercase letters, digits and '-'")
-    if not recipe.source_dir.is_dir():
-        raise where.child("source").error(f"directory {recipe.source_dir} does not exist")
+    _check_source(recipe, where.child("source"))
+
+
+def _check_source(recipe: Recipe, where: Where) -> None:
+    """Confined to the recipe's directory (or one the user allowed), and readable as a source tree:
+    the whole tree is walked now, so a FIFO or an oversized file stops the command before a build."""
+    try:
+        root = confine(recipe.path.parent / recipe.source, recipe.path.parent, recipe.source_policy)
+        source_entries(root, recipe.source_policy)
+    except UserError as exc:
+        raise where.error(str(exc)) from None
 
 
 def _check_run(recipe: Recipe, where: Where) -> None:
@@ -312,25 +439,131 @@ def _check_run(recipe: Recipe, where: Where) -> None:
         raise where.child("port").error("expected a TCP port from 1 to 65535 other than 80 (80 is redirected to it)")
     for i, path in enumerate(run.writable):
         _check_writable(path, where.child("writable").child(i))
-    if not _is_clean_abspath(run.entrypoint) or run.entrypoint == "/":
+    if not _is_clean_abspath(run.entrypoint) or _normal_abspath(run.entrypoint) in ("/", None):
         raise where.child("entrypoint").error(f"expected an absolute path inside the payload, got {run.entrypoint!r}")
+    if _normal_abspath(run.entrypoint) != run.entrypoint:
+        raise where.child("entrypoint").error(f"write it as {_normal_abspath(run.entrypoint)!r}")
     for key, value in run.env.items():
         if not ENV_NAME_RE.fullmatch(key):
             raise where.child("env").child(key).error("not a valid environment variable name")
-        if SECRET_ENV_RE.search(key) and not value.startswith(SECRET_MOUNT):
-            raise (
-                where.child("env")
-                .child(key)
-                .error(
-                    f"looks like a secret: declare it under [secrets.NAME] with a file and pass its path "
-                    f"({SECRET_MOUNT}NAME), never the value"
-                )
-            )
+        _check_not_secret(key, value, where.child("env").child(key))
+    _check_args(run.args, where.child("args"))
+    _check_limits(recipe, where.child("limits"))
+
+
+def _check_limits(recipe: Recipe, where: Where) -> None:
+    run, target = recipe.run, recipe.target
+    low, high = LIMIT_BOUNDS["tmpfs_mb"]
+    for path, size in run.limits.tmpfs.items():
+        at = where.child("tmpfs").child(path)
+        if path not in (SANDBOX_TMP, *run.writable):
+            raise at.error(f"not a tmpfs of the sandbox: expected {SANDBOX_TMP} or a path of run.writable")
+        if not low <= size <= high:
+            raise at.error(f"expected a size in MiB from {low} to {high}, got {size}")
+    sizes = run.tmpfs_sizes()
+    total, stated = sum(sizes.values()), run.limits.tmpfs_total_mb
+    if total > stated:
+        listed = ", ".join(f"{path} {size}" for path, size in sizes.items())
+        raise where.child("tmpfs_total_mb").error(
+            f"the tmpfs take {total} MiB ({listed}), more than the {stated} MiB stated: raise it or shrink them"
+        )
+    if stated * TMPFS_RAM_FRACTION > target.ram_mb:
+        raise where.child("tmpfs_total_mb").error(
+            f"{stated} MiB is more than 1/{TMPFS_RAM_FRACTION} of the {target.ram_mb} MB of RAM of {target.board} "
+            f"(profile {target.name}): at most {target.ram_mb // TMPFS_RAM_FRACTION}"
+        )
+    unknown = unknown_on_arm(run.limits.syscalls)
+    if unknown:
+        index = run.limits.syscalls.index(unknown[0])
+        raise (
+            where.child("syscalls")
+            .child(index)
+            .error(f"{unknown[0]!r} is not an ARM EABI syscall (names as libseccomp spells them, e.g. mmap2, _llseek)")
+        )
+
+
+# --- secrets written where a setting belongs --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretPatterns:
+    """verify/secrets.toml: what a secret written into the recipe looks like."""
+
+    names: tuple[str, ...]
+    prefixes: tuple[str, ...]
+    patterns: tuple[str, ...]
+    min_length: int
+    min_distinct: int
+    min_hex_length: int
+
+    def secret_name(self, name: str) -> bool:
+        upper = name.upper()
+        return any(word in upper for word in self.names)
+
+    def token_like(self, value: str) -> bool:
+        if value.startswith(self.prefixes) or any(re.search(p, value) for p in self.patterns):
+            return True
+        if len(value) >= self.min_hex_length and HEX_RE.fullmatch(value):
+            return True
+        return (
+            len(value) >= self.min_length
+            and TOKEN_CHARS_RE.fullmatch(value) is not None
+            and all(re.search(cls, value) for cls in ("[a-z]", "[A-Z]", "[0-9]"))
+            and len(set(value)) >= self.min_distinct
+        )
+
+
+HEX_RE = re.compile(r"[0-9a-fA-F]+")
+TOKEN_CHARS_RE = re.compile(r"[A-Za-z0-9+/=_-]+")
+SECRET_HINT = (
+    f"declare it under [secrets.NAME] with a file on the device and pass its path ({SECRET_MOUNT}NAME), never the value"
+)
+
+
+@cache
+def secret_patterns(path: Path = SECRET_PATTERNS_FILE) -> SecretPatterns:
+    patterns = from_table(SecretPatterns, read_toml(path), Where(path))
+    for i, pattern in enumerate(patterns.patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise Where(path).child("patterns").child(i).error(f"not a regular expression: {exc}") from None
+    return patterns
+
+
+def _check_not_secret(name: str, value: str, where: Where) -> None:
+    """`value`, set under `name` (an env name or a flag), must not be a secret itself."""
+    if value.startswith(SECRET_MOUNT) or value == "":
+        return
+    patterns = secret_patterns()
+    if patterns.token_like(value):
+        raise where.error(f"the value looks like a credential (a token or key): {SECRET_HINT}")
+    if name and patterns.secret_name(name):
+        raise where.error(f"{name!r} looks like a secret: {SECRET_HINT}")
+
+
+def _check_args(args: tuple[str, ...], where: Where) -> None:
+    """Each arg; the value of a flag named like a secret (`-token VALUE`, `--token=VALUE`) as a secret."""
+    for i, arg in enumerate(args):
+        flag, has_value, inline = arg.partition("=") if arg.startswith("-") else ("", "", "")
+        if has_value:
+            _check_not_secret(flag.lstrip("-"), inline, where.child(i))
+            continue
+        previous = args[i - 1] if i > 0 and args[i - 1].startswith("-") and "=" not in args[i - 1] else ""
+        name = previous.lstrip("-") if not arg.startswith("-") else ""
+        _check_not_secret(name, arg, where.child(i))
 
 
 def _check_user(user: ServiceUser, where: Where) -> None:
     if user.uid == 0 or user.gid == 0:
         raise where.error("the payload must not run as root (uid and gid must be non-zero)")
+    for key in ("uid", "gid"):
+        value = getattr(user, key)
+        if value not in SERVICE_ID_RANGE:
+            raise where.child(key).error(
+                f"{value} is out of range: expected {SERVICE_ID_RANGE.start} to {SERVICE_ID_RANGE.stop - 1} "
+                "(0 is root, 65534 nobody, larger ids are truncated on the device); pick one from 1000"
+            )
     if not USER_NAME_RE.fullmatch(user.name):
         raise where.child("name").error(f"{user.name!r} is not a valid user name (lowercase, digits, '_', '-')")
     taken_users, taken_groups = base_accounts()
@@ -349,17 +582,22 @@ def _check_user(user: ServiceUser, where: Where) -> None:
 def _check_writable(path: str, where: Where) -> None:
     if not _is_clean_abspath(path):
         raise where.error(f"expected an absolute path without '..', got {path!r}")
-    if not DEVICE_WORD_RE.fullmatch(path) or path == "/" or _under(path, RESERVED_SANDBOX_PATHS):
+    normal = _normal_abspath(path)
+    if not DEVICE_WORD_RE.fullmatch(path) or normal in ("/", None) or _under(str(normal), RESERVED_SANDBOX_PATHS):
         raise where.error(
             f"{path!r}: expected a path of plain characters [A-Za-z0-9._/-], not / and not under "
             f"{', '.join(RESERVED_SANDBOX_PATHS)}"
         )
+    if normal != path:
+        raise where.error(f"{path!r}: write it as {normal!r}")
 
 
 def _check_secrets(recipe: Recipe, where: Where) -> None:
     for name, secret in recipe.secrets.items():
-        if not SECRET_NAME_RE.fullmatch(name):
-            raise where.child(name).error("secret names may use letters, digits, '_', '.', '-'")
+        if not SECRET_NAME_RE.fullmatch(name) or name in (".", ".."):
+            raise where.child(name).error(
+                "secret names are file names (under /run/secrets/): letters, digits, '_', '.', '-', not . or .."
+            )
         if not _is_clean_abspath(secret.file):
             raise where.child(name).child("file").error("expected an absolute path on the device")
         if not DEVICE_WORD_RE.fullmatch(secret.file):
@@ -369,9 +607,9 @@ def _check_secrets(recipe: Recipe, where: Where) -> None:
 def _check_egress(egress: Egress, where: Where) -> None:
     for key in ("dns", "ntp"):
         for i, addr in enumerate(getattr(egress, key)):
-            _check_address(addr, where.child(key).child(i))
+            _check_address(addr, where.child(key).child(i), egress.allow_any)
     for i, host in enumerate(egress.telemetry):
-        _check_address(host.address, where.child("telemetry").child(i).child("address"))
+        _check_address(host.address, where.child("telemetry").child(i).child("address"), egress.allow_any)
         if not 1 <= host.port <= 65535:
             raise where.child("telemetry").child(i).child("port").error("expected a port from 1 to 65535")
 
@@ -387,6 +625,13 @@ def _check_device(device: Device, where: Where) -> None:
             )
 
 
+def _normal_abspath(p: str) -> str | None:
+    """`p` in normal form ("//proc/." is "/proc"; POSIX keeps a leading "//", the sandbox does not)."""
+    if "\0" in p:
+        return None
+    return "/" + posixpath.normpath(p).lstrip("/")
+
+
 def _is_clean_abspath(p: str) -> bool:
     pure = PurePosixPath(p)
     return p.startswith("/") and pure.is_absolute() and ".." not in pure.parts
@@ -397,8 +642,13 @@ def _under(path: str, roots: Iterable[str]) -> bool:
     return any(pure == PurePosixPath(root) or PurePosixPath(root) in pure.parents for root in roots)
 
 
-def _check_address(addr: str, where: Where) -> None:
+def _check_address(addr: str, where: Where, allow_any: bool) -> None:
     try:
-        ipaddress.ip_network(addr, strict=False)
+        network = ipaddress.ip_network(addr, strict=False)
     except ValueError:
         raise where.error(f"expected an IP address or network (the firewall loads before DNS), got {addr!r}") from None
+    if network.prefixlen < CATCH_ALL_PREFIX[network.version] and not allow_any:
+        raise where.error(
+            f"{addr!r} is a catch-all (wider than /{CATCH_ALL_PREFIX[network.version]}): name the hosts, "
+            "or set egress.allow_any = true to let the device reach that much of the Internet"
+        )

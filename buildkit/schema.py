@@ -12,6 +12,8 @@ field the loader fills itself (never read from TOML).
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import tomllib
 import types
 import typing
@@ -22,6 +24,7 @@ from typing import Any, Literal, TypeVar
 from buildkit.errors import UserError
 
 T = TypeVar("T")
+BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Invalid(Exception):
@@ -41,7 +44,10 @@ class Where:
     key: str = ""
 
     def child(self, key: str | int) -> Where:
-        return Where(self.file, f"{self.key}.{key}" if self.key else str(key))
+        # A key that is not a bare TOML key is quoted as TOML writes it: a "." or a newline in a key
+        # can neither make the path ambiguous nor split the one-line message.
+        name = str(key) if isinstance(key, int) or BARE_KEY_RE.fullmatch(key) else json.dumps(key)
+        return Where(self.file, f"{self.key}.{name}" if self.key else name)
 
     def error(self, message: str) -> UserError:
         return UserError(f"{self.file}: {self.key or '(top level)'}: {message}")
@@ -61,7 +67,7 @@ def from_table(cls: type[T], data: Any, where: Where, **internal: Any) -> T:
     values of the fields the loader fills itself."""
     if not isinstance(data, dict):
         raise where.error(f"expected a table, got {type_name(data)}{getattr(cls, 'TABLE_HINT', '')}")
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     fields = {toml_key(f): f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -80,6 +86,16 @@ def from_table(cls: type[T], data: Any, where: Where, **internal: Any) -> T:
         except Invalid as exc:
             raise (where.child(exc.key) if exc.key else where).error(exc.message) from None
     return built
+
+
+_TYPE_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def type_hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved annotations: computed once per class (most of a load's time otherwise)."""
+    if cls not in _TYPE_HINTS:
+        _TYPE_HINTS[cls] = typing.get_type_hints(cls)
+    return _TYPE_HINTS[cls]
 
 
 def toml_key(f: dataclasses.Field[Any]) -> str:

@@ -20,6 +20,7 @@ import binascii
 import getpass
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -62,6 +63,9 @@ MAX_KEY_COMMENT_BYTES = 900
 DEFAULT_PUBLIC_KEY = Path("buildkit.pub")
 
 KEY_ENV = "BUILDKIT_KEY"
+INSECURE_KEY_ENV = "BUILDKIT_ALLOW_INSECURE_KEY"  # "1": as --allow-insecure-key
+# A secret key file any of these bits is set on can be read (or replaced) by someone else.
+INSECURE_KEY_MODE = stat.S_IRWXG | stat.S_IRWXO
 PASSPHRASE_ENV = "BUILDKIT_KEY_PASSPHRASE"
 DEV_SECRET_KEY = "buildkit-dev.key"
 DEV_PUBLIC_KEY = "buildkit-dev.pub"
@@ -151,9 +155,11 @@ def _key_exists(path: Path) -> UserError:
     )
 
 
-def load_secret_key(path: Path, passphrase: Callable[[], bytes] | None) -> SecretKey:
-    """Read a secret key file in minisign's format; `passphrase` is asked for only when the key is encrypted."""
+def load_secret_key(path: Path, passphrase: Callable[[], bytes] | None, allow_insecure: bool = False) -> SecretKey:
+    """Read a secret key file in minisign's format; `passphrase` is asked for only when the key is encrypted.
+    A file group or others may access is refused, as ssh does, unless `allow_insecure`."""
     blob = _decode_key_file(_read_text(path, "secret key"), SECRET_KEY_BYTES, f"secret key {path}")
+    check_key_file_mode(path, allow_insecure)
     sig_alg, kdf, chk_alg = blob[0:2], blob[2:4], blob[4:6]
     salt = blob[6 : 6 + SALT_BYTES]
     opslimit = int.from_bytes(blob[38:46], "little")
@@ -184,6 +190,22 @@ def load_secret_key(path: Path, passphrase: Callable[[], bytes] | None) -> Secre
     if private.public_key().public_bytes_raw() != sk[32:]:
         raise UserError(f"secret key {path} is corrupted (its public half does not match): restore it from a backup")
     return SecretKey(keynum, private)
+
+
+def check_key_file_mode(path: Path, allow_insecure: bool = False) -> None:
+    if allow_insecure or os.environ.get(INSECURE_KEY_ENV) == "1":
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        raise UserError(f"secret key {path} not found") from None
+    except OSError as exc:
+        raise UserError(f"secret key {path} cannot be read: {exc.strerror}") from None
+    if mode & INSECURE_KEY_MODE:
+        raise UserError(
+            f"secret key {path} has mode {mode:04o}: group or others may read it; "
+            f"`chmod 600 {path}` (or --allow-insecure-key / {INSECURE_KEY_ENV}=1 to use it anyway)"
+        )
 
 
 def load_public_key(path_or_text: Path | str) -> PublicKey:
@@ -305,14 +327,16 @@ def _checked_trusted_comment(comment: str) -> str:
 # Choosing the signing key
 
 
-def resolve_signing_key(key: Path | None, passphrase_file: Path | None, dev_key_dir: Path | None) -> SecretKey:
+def resolve_signing_key(
+    key: Path | None, passphrase_file: Path | None, dev_key_dir: Path | None, allow_insecure: bool = False
+) -> SecretKey:
     """The key named by `key` or $BUILDKIT_KEY; else the development key in `dev_key_dir`."""
     named = key or (Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else None)
     if named is not None:
-        return load_secret_key(named, lambda: read_passphrase(passphrase_file, f"secret key {named}"))
+        return load_secret_key(named, lambda: read_passphrase(passphrase_file, f"secret key {named}"), allow_insecure)
     if dev_key_dir is None:
         raise UserError(f"no signing key: pass --key PATH or set {KEY_ENV} (create one with `buildkit keygen`)")
-    return _development_key(dev_key_dir)
+    return _development_key(dev_key_dir, allow_insecure)
 
 
 def read_passphrase(passphrase_file: Path | None, what: str, confirm: bool = False) -> bytes:
@@ -334,7 +358,7 @@ def read_passphrase(passphrase_file: Path | None, what: str, confirm: bool = Fal
     return passphrase
 
 
-def _development_key(dev_key_dir: Path) -> SecretKey:
+def _development_key(dev_key_dir: Path, allow_insecure: bool = False) -> SecretKey:
     secret_path = dev_key_dir / DEV_SECRET_KEY
     if not secret_path.exists():
         dev_key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -345,7 +369,7 @@ def _development_key(dev_key_dir: Path) -> SecretKey:
             if not secret_path.exists():
                 raise
             # Another build created it at the same moment (the link is atomic): use that one.
-    key = load_secret_key(secret_path, passphrase=None)
+    key = load_secret_key(secret_path, passphrase=None, allow_insecure=allow_insecure)
     print(
         f"buildkit: warning: signing with the development key {secret_path} (key id {key.key_id}, "
         f"unencrypted): not for production; pass --key or set {KEY_ENV}",

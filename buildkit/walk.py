@@ -66,6 +66,7 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"hsqs", "squashfs"),
     (0, b"sqsh", "squashfs"),
     (257, b"ustar", "tar"),
+    (0, b"!<arch>\ndebian-binary", "deb"),
 )
 _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".tar.gz", "tar.gz"),
@@ -81,6 +82,7 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".zip", "zip"),
     (".squashfs", "squashfs"),
     (".sqfs", "squashfs"),
+    (".deb", "deb"),
 )
 _FORMAT_NAMES = {
     "tar": "tar archive",
@@ -90,7 +92,10 @@ _FORMAT_NAMES = {
     "tar.bz2": "bzip2-compressed tar archive",
     "zip": "zip archive (wheel)",
     "squashfs": "squashfs image",
+    "deb": "Debian package (ar archive)",
 }
+AR_MAGIC = b"!<arch>\n"
+AR_HEADER = 60  # name 16, mtime 12, uid 6, gid 6, mode 8, size 10, magic 2
 
 
 class _DamagedArchive(Exception):
@@ -172,8 +177,8 @@ class _Limits:
     @classmethod
     def from_env(cls) -> _Limits:
         return cls(
-            _size_from_env("BUILDKIT_MAX_EXTRACT", DEFAULT_MAX_EXTRACT),
-            _size_from_env("BUILDKIT_MAX_MEMBERS", DEFAULT_MAX_MEMBERS),
+            size_from_env("BUILDKIT_MAX_EXTRACT", DEFAULT_MAX_EXTRACT),
+            size_from_env("BUILDKIT_MAX_MEMBERS", DEFAULT_MAX_MEMBERS),
         )
 
 
@@ -210,6 +215,62 @@ def open_artifact(path: Path, display: str | None = None) -> Iterator[ArtifactTr
         yield _extract(path, kind, workdir, shown)
     finally:
         _remove_tree(workdir)
+
+
+@contextlib.contextmanager
+def open_nested(path: Path, display: str) -> Iterator[ArtifactTree | None]:
+    """A file inside a tree or archive that is itself an archive (by its content alone: a name
+    proves nothing), as a tree of its own; a compressed stream that is not a tar is looked into
+    too, so that an ELF hidden in `x.gz` is gated. None when it holds nothing to gate."""
+    kind = _content_kind(path)
+    if kind is None:
+        yield None
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="buildkit-walk-"))
+    try:
+        if kind in _DECOMPRESSORS and kind != "tar" and not _decompresses_to_tar(path, kind):
+            yield _decompressed_elf(path, kind, workdir, display)
+        else:
+            yield _extract(path, kind, workdir, display)
+    finally:
+        _remove_tree(workdir)
+
+
+def _content_kind(path: Path) -> str | None:
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    return next((kind for offset, magic, kind in _MAGIC if head[offset : offset + len(magic)] == magic), None)
+
+
+def _decompressed_head(path: Path, kind: str) -> bytes:
+    try:
+        with open(path, "rb") as raw, _DECOMPRESSORS[kind](raw) as stream:
+            return stream.read(512)
+    except _CORRUPT_ARCHIVE_ERRORS as exc:
+        raise UserError(f"{path}: a {_FORMAT_NAMES[kind]} that cannot be read: {_reason(exc)}") from None
+
+
+def _decompresses_to_tar(path: Path, kind: str) -> bool:
+    return _decompressed_head(path, kind)[257:262] == b"ustar"
+
+
+def _decompressed_elf(path: Path, kind: str, workdir: Path, display: str) -> ArtifactTree | None:
+    """The content of a compressed single file, when it is an ELF object (bounded like a member)."""
+    if not _decompressed_head(path, kind).startswith(b"\x7fELF"):
+        return None
+    limits = _Limits.from_env()
+    target = workdir / path.name.rsplit(".", 1)[0]
+    with open(path, "rb") as raw, _DECOMPRESSORS[kind](raw) as stream, open(target, "wb") as out:
+        copied = 0
+        while chunk := stream.read(COPY_CHUNK):
+            copied += len(chunk)
+            if copied > limits.max_bytes:
+                raise UserError(
+                    f"{display}: decompresses to more than {limits.max_bytes} bytes "
+                    "(BUILDKIT_MAX_EXTRACT): a decompression bomb?"
+                )
+            out.write(chunk)
+    return ArtifactTree(root=workdir, display=display, files=(target.name,), is_tree=False, problems=())
 
 
 def printable(name: str) -> str:
@@ -261,7 +322,7 @@ def _read_link(path: Path) -> str | None:
         return None
 
 
-def _size_from_env(name: str, default: int) -> int:
+def size_from_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -396,6 +457,8 @@ def _extract(path: Path, kind: str, workdir: Path, shown: str) -> ArtifactTree:
             _read_zip(path, extractor)
         elif kind == "squashfs":
             _read_squashfs(path, workdir / "staging", extractor)
+        elif kind == "deb":
+            _read_deb(path, workdir, extractor)
         else:
             _read_tar(path, kind, extractor)
     except _CORRUPT_ARCHIVE_ERRORS as exc:
@@ -404,6 +467,40 @@ def _extract(path: Path, kind: str, workdir: Path, shown: str) -> ArtifactTree:
             "check that the file is complete and really of that format"
         ) from None
     return extractor.finish()
+
+
+def _read_deb(path: Path, workdir: Path, extractor: _Extractor) -> None:
+    """A .deb is an ar archive whose `data.tar.*` member is what gets installed: that is the tree
+    (debian-binary and the control scripts are not objects of the payload)."""
+    data = workdir / "data.tar"
+    with open(path, "rb") as fh:
+        if fh.read(len(AR_MAGIC)) != AR_MAGIC:
+            raise _DamagedArchive("no ar magic")
+        while header := fh.read(AR_HEADER):
+            if len(header) < AR_HEADER or header[58:60] != b"`\n":
+                raise _DamagedArchive("a truncated or damaged ar member header")
+            name, size = header[:16].decode("ascii", "replace").strip().rstrip("/"), int(header[48:58])
+            if not name.startswith("data.tar"):
+                fh.seek(size + size % 2, os.SEEK_CUR)
+                continue
+            extractor.expect_bytes(size)
+            with open(data, "wb") as out:
+                _copy_exactly(fh, out, size)
+            kind = _content_kind(data)
+            if kind not in _DECOMPRESSORS:
+                raise _DamagedArchive(f"{name} is not a (compressed) tar")
+            _read_tar(data, kind, extractor)
+            return
+    raise _DamagedArchive("no data.tar member")
+
+
+def _copy_exactly(source: BinaryIO, out: BinaryIO, size: int) -> None:
+    while size:
+        chunk = source.read(min(size, COPY_CHUNK))
+        if not chunk:
+            raise _DamagedArchive("an ar member is cut short")
+        out.write(chunk)
+        size -= len(chunk)
 
 
 def _reason(exc: BaseException) -> str:

@@ -83,10 +83,19 @@ def _dynamic_strings(elf: ElfFile, entries: list[tuple[int, int]]) -> Callable[[
 Resolver = Callable[[str], "str | None"]  # a device path -> the tree-relative path it names (ArtifactTree.resolve)
 
 
-def check_closure(resolve: Resolver, objects: dict[str, LinkFacts], rules: ClosureRules) -> list[tuple[str, Issue]]:
-    """Findings (object path, issue) for every process of the tree and for every loadable library."""
+def holds_a_loader(resolve: Resolver, objects: dict[str, LinkFacts], rules: ClosureRules) -> bool:
+    """A tree with one of the target's loaders in it is a root file system: it must be complete."""
+    return any(resolve(i.path) in objects for i in rules.interpreters)
+
+
+def check_closure(
+    resolve: Resolver, objects: dict[str, LinkFacts], rules: ClosureRules, partial: bool = False
+) -> list[tuple[str, Issue]]:
+    """Findings (object path, issue) for every process of the tree and for every loadable library.
+    In a `partial` tree (one Debian package, a wheel's libraries: no loader of its own) what it does
+    not hold comes from the system it is installed on: `closure.external`, for information."""
     resolve = functools.cache(resolve)  # every object looks for libc in the same directories
-    report = _ClosureReport()
+    report = _ClosureReport(partial)
     for facts in objects.values():
         if facts.interpreter is not None:
             _check_process(resolve, facts, objects, rules, report)
@@ -180,10 +189,13 @@ def _find_library(
 class _ClosureReport:
     """Collects one finding per (object, rule, subject) and the processes it concerns."""
 
-    def __init__(self) -> None:
+    def __init__(self, partial: bool) -> None:
         self._found: dict[tuple[str, str, str], tuple[str, dict, list[str]]] = {}
+        self._partial = partial
 
     def add(self, rel: str, rule: str, message: str, evidence: dict, process: str | None = None) -> None:
+        if rule == "closure.missing" and self._partial:
+            rule, message = "closure.external", message.replace("not in the tree", "not in this partial tree")
         key = (rel, rule, message)
         _, _, processes = self._found.setdefault(key, (message, evidence, []))
         if process and process not in processes:
@@ -194,5 +206,5 @@ class _ClosureReport:
         for (rel, rule, _), (message, evidence, processes) in sorted(self._found.items()):
             if processes:
                 evidence = {**evidence, "loaded_by": processes[:MAX_LISTED], "loaded_by_count": len(processes)}
-            found.append((rel, Issue(rule, "error", message, evidence)))
+            found.append((rel, Issue(rule, "info" if rule == "closure.external" else "error", message, evidence)))
         return found

@@ -8,16 +8,17 @@ dynamic-closure check. Waivers turn matching errors into `waived` findings that 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from elftools.elf.elffile import ELFFile
 
-from buildkit.archgate.closure import LinkFacts, check_closure, link_facts
+from buildkit.archgate.closure import LinkFacts, check_closure, holds_a_loader, link_facts
 from buildkit.archgate.elfcheck import (
     AttributeParseError,
     ElfFile,
@@ -34,13 +35,24 @@ from buildkit.archgate.gobuildinfo import GoBuildInfo, read_go_buildinfo, read_g
 from buildkit.archgate.model import Finding, GateReport, ObjectInfo, Severity
 from buildkit.archgate.profile import Profile, Waiver, load_profile, load_waivers
 from buildkit.errors import UserError
+from buildkit.progress import step
 from buildkit.target import DEFAULT_PROFILE
-from buildkit.walk import ArtifactTree, open_artifact
+from buildkit.walk import ArtifactTree, open_artifact, open_nested, size_from_env
 
 if TYPE_CHECKING:  # the code scan loads Capstone: only when an object is scanned
     from buildkit.archgate.codescan import CodeHit
 
 ELF_MAGIC = b"\x7fELF"
+# strict: every DT_NEEDED must resolve in the tree; auto: only in a tree that holds its own loader
+# (a root file system), elsewhere what is missing is `closure.external`; off: no closure check.
+ClosureMode = Literal["strict", "auto", "off"]
+CLOSURE_MODES: tuple[ClosureMode, ...] = ("strict", "auto", "off")
+# Attribute findings the code cannot overrule: the section itself is damaged or unknown.
+CLAIM_RULES_KEPT = ("attr.parse", "attr.unknown")
+MAX_OBJECT_ENV = "BUILDKIT_MAX_OBJECT"
+DEFAULT_MAX_OBJECT = 256 << 20  # the largest real payload object seen is a 30 MB Go or Rust binary
+MAX_SECTIONS = 4096  # real objects have tens; each section is parsed, and the hostile ones have 150,000
+MAX_NESTING = 4  # archives inside archives: a wheel in a tarball in an image is three
 HEADER_IDENTITY_RULES = ("elf.machine", "elf.class", "elf.endian")
 EVIDENCE_HITS = 5
 EVIDENCE_NAMES = 12
@@ -54,6 +66,7 @@ def verify_artifacts(
     extra_waivers: Sequence[Waiver] = (),
     display_root: str | None = None,
     profile_base: Path | None = None,
+    closure: ClosureMode = "auto",
 ) -> GateReport:
     """Gate files, trees and archives; `display_root` renames a single input in the findings."""
     if not paths:
@@ -66,12 +79,13 @@ def verify_artifacts(
     files = 0
     for path in paths:
         display = display_root if display_root is not None and len(paths) == 1 else None
-        with open_artifact(Path(path), display) as tree:
-            result = _gate_tree(tree, target, scan_code, waivers)
+        with open_artifact(Path(path), display) as tree, _gate_step(tree):
+            result = _gate_tree(tree, target, _Options(scan_code, closure), waivers)
         inputs.append(tree.display)
         objects.extend(result.objects)
         findings.extend(result.findings)
         files += len(tree.files)
+    findings.extend(unused_waivers(waivers, findings))
     return GateReport(
         profile=target.name,
         inputs=tuple(inputs),
@@ -79,6 +93,32 @@ def verify_artifacts(
         findings=tuple(sorted(findings, key=lambda f: (f.path, f.rule, f.severity))),
         files_scanned=files,
     )
+
+
+GATE_STEP_MIN_FILES = 300  # smaller inputs are gated in about the time a progress line takes to read
+
+
+def _gate_step(tree: ArtifactTree) -> contextlib.AbstractContextManager[object]:
+    if len(tree.files) < GATE_STEP_MIN_FILES:
+        return contextlib.nullcontext()
+    return step(f"gating {tree.display} ({len(tree.files)} files)")
+
+
+def unused_waivers(waivers: Sequence[Waiver], findings: Sequence[Finding]) -> list[Finding]:
+    """A waiver given by a recipe or a file that matched nothing is a mistake (a typo in its rule or
+    path) or stale: say so. Shipped waivers cover whole families of payloads and are not reported."""
+    used = {f.waiver for f in findings if f.waiver}
+    return [
+        Finding(
+            w.origin or "(waivers)",
+            "waiver.unused",
+            "warning",
+            f"waiver {w.id!r} (rule {w.rule}, path {w.path}, symbol {w.symbol}) matched no finding",
+            {"waiver": w.id},
+        )
+        for w in waivers
+        if not w.shipped and w.id not in used
+    ]
 
 
 @dataclass
@@ -96,22 +136,75 @@ class _ObjectResult:
     link: LinkFacts | None = None
 
 
-def _gate_tree(tree: ArtifactTree, profile: Profile, scan_code: bool, waivers: Sequence[Waiver]) -> _TreeResult:
+@dataclass(frozen=True)
+class _Options:
+    scan_code: bool
+    closure: ClosureMode
+
+
+def _gate_tree(
+    tree: ArtifactTree, profile: Profile, options: _Options, waivers: Sequence[Waiver], depth: int = 0
+) -> _TreeResult:
     result = _TreeResult(findings=list(tree.problems))
     links: dict[str, LinkFacts] = {}
     findings = _Findings(tree, profile, waivers)
     for rel in tree.files:
         if not _starts_like_elf(tree.root / rel):
+            _gate_nested(tree, rel, profile, options, waivers, depth, result)
             continue
-        checked = _check_object(tree, rel, profile, scan_code)
+        checked = _check_object(tree, rel, profile, options.scan_code)
         result.objects.append(checked.info)
         result.findings.extend(findings.for_object(rel, checked))
         if checked.link is not None:
             links[rel] = checked.link
-    if tree.is_tree and not findings.in_wheel:  # a wheel's libraries come from the system it is installed on
-        for rel, issue in check_closure(tree.resolve, links, profile.closure):
+    # A wheel's libraries come from the system it is installed on.
+    if tree.is_tree and not findings.in_wheel and options.closure != "off":
+        partial = options.closure == "auto" and not holds_a_loader(tree.resolve, links, profile.closure)
+        for rel, issue in check_closure(tree.resolve, links, profile.closure, partial):
             result.findings.append(findings.from_issue(rel, issue))
     return result
+
+
+def _gate_nested(
+    tree: ArtifactTree,
+    rel: str,
+    profile: Profile,
+    options: _Options,
+    waivers: Sequence[Waiver],
+    depth: int,
+    result: _TreeResult,
+) -> None:
+    """An archive inside the tree (a wheel in a tar, a .deb's data in an image...) is gated as a
+    tree of its own, reported as `outer!inner!path`; an archive that cannot be read fails closed."""
+    shown = tree.display_path(rel)
+    try:
+        with open_nested(tree.root / rel, shown) as inner:
+            if inner is None:
+                return
+            if depth >= MAX_NESTING:
+                result.findings.append(
+                    _walk_error(
+                        shown, "walk.too_deep", f"archives nested more than {MAX_NESTING} deep: not opened", depth=depth
+                    )
+                )
+                return
+            nested = _gate_tree(inner, profile, options, waivers, depth + 1)
+    except UserError as exc:
+        result.findings.append(_walk_error(shown, "walk.unreadable", f"an archive that cannot be read: {exc}"))
+        return
+    result.objects.extend(nested.objects)
+    result.findings.extend(nested.findings)
+
+
+def _walk_error(path: str, rule: str, message: str, **evidence: object) -> Finding:
+    return Finding(
+        path,
+        rule,
+        "error",
+        message,
+        dict(evidence),
+        "only archives the gate can open (at most a few levels deep) belong in a payload",
+    )
 
 
 def _starts_like_elf(path: Path) -> bool:
@@ -127,6 +220,8 @@ def _check_object(tree: ArtifactTree, rel: str, profile: Profile, scan_code: boo
     violation: the gate fails closed on what it cannot read."""
     path = tree.root / rel
     shown = tree.display_path(rel)
+    if (too_big := _over_size_limit(path, shown)) is not None:
+        return too_big
     # One read: pyelftools seeks before nearly every field it parses, and each seek would cost a
     # buffered file a new read() from the kernel; in memory the whole object parses several times faster.
     try:
@@ -137,6 +232,14 @@ def _check_object(tree: ArtifactTree, rel: str, profile: Profile, scan_code: boo
     try:
         stream = io.BytesIO(data)
         elf = open_elf(stream, len(data))
+        if len(elf.sections) > MAX_SECTIONS:
+            return _limit_result(
+                shown,
+                digest,
+                f"{len(elf.sections)} sections; the gate reads at most {MAX_SECTIONS}",
+                sections=len(elf.sections),
+                limit=MAX_SECTIONS,
+            )
         reader = _pyelftools_reader(stream)
         return _inspect(elf, reader, tree, rel, shown, digest, profile, scan_code)
     except Exception as exc:  # noqa: BLE001 - pyelftools and the scan raise many kinds on damaged input
@@ -147,6 +250,26 @@ def _check_object(tree: ArtifactTree, rel: str, profile: Profile, scan_code: boo
             {"error": type(exc).__name__, "detail": _one_line(exc)},
         )
         return _ObjectResult(ObjectInfo(path=shown, sha256=digest, checks=("parse",)), [issue])
+
+
+def _over_size_limit(path: Path, shown: str) -> _ObjectResult | None:
+    """An object is read into memory once: one larger than the cap is a violation, never an
+    out-of-memory kill (a sparse 8 GB file costs nothing on disk)."""
+    size, limit = path.stat().st_size, size_from_env(MAX_OBJECT_ENV, DEFAULT_MAX_OBJECT)
+    if size <= limit:
+        return None
+    return _limit_result(
+        shown,
+        "",
+        f"{size} bytes; the gate reads objects of at most {limit} bytes ({MAX_OBJECT_ENV})",
+        size=size,
+        limit=limit,
+    )
+
+
+def _limit_result(shown: str, digest: str, message: str, **evidence: int) -> _ObjectResult:
+    issue = Issue("elf.limits", "error", message, dict(evidence))
+    return _ObjectResult(ObjectInfo(path=shown, sha256=digest, checks=("limits",)), [issue])
 
 
 def _pyelftools_reader(stream: BinaryIO) -> ELFFile:
@@ -311,7 +434,37 @@ class _Findings:
         )
 
     def for_object(self, rel: str, checked: _ObjectResult) -> list[Finding]:
+        code = self._code_findings(rel, checked)
         findings = [self.from_issue(rel, issue) for issue in checked.issues]
+        if "code" in checked.info.checks and not any(f.severity == "error" for f in code):
+            findings = self._code_decides(rel, findings)
+        return findings + code
+
+    def _code_decides(self, rel: str, findings: list[Finding]) -> list[Finding]:
+        """Attributes are a claim, the instructions the evidence: when the scan found nothing the
+        target lacks (or only waived, runtime-dispatched code), attributes above the profile are
+        overstated (merged in from a few assembly objects), a warning that shows both."""
+        overstated = [
+            f
+            for f in findings
+            if f.rule not in CLAIM_RULES_KEPT and f.rule.startswith("attr.") and f.severity == "error"
+        ]
+        if not overstated:
+            return findings
+        claims = "; ".join(f.message for f in overstated)
+        warning = self._finding(
+            rel,
+            "attr.overstated",
+            "warning",
+            f"build attributes claim more than the profile allows ({claims}), but the code scan found no "
+            "instruction the target lacks: the code decides",
+            {"attributes": [f.evidence for f in overstated], "code": "no instruction above the profile"},
+            None,
+        )
+        return [f for f in findings if f not in overstated] + [warning]
+
+    def _code_findings(self, rel: str, checked: _ObjectResult) -> list[Finding]:
+        findings: list[Finding] = []
         groups: dict[tuple[str, str | None], list[tuple[CodeHit, str | None]]] = {}
         for hit, symbol in checked.hits:
             waiver = self._waiver(hit.rule, rel, symbol)

@@ -31,6 +31,8 @@ class GoBuildInfo:
     go_version: str
     main_path: str = ""
     settings: dict[str, str] = field(default_factory=dict)
+    main_module: str = ""  # the `mod` line's module path
+    modules: tuple[tuple[str, str], ...] = ()  # (path, version) of each `dep`; a replaced one's version "=> ..."
 
     @property
     def goarm(self) -> str | None:
@@ -124,15 +126,35 @@ def _read_vaddr(elf: ElfFile, address: int, size: int) -> bytes:
 def _parse_modinfo(version: str, modinfo: str) -> GoBuildInfo:
     if len(modinfo) >= 2 * MODINFO_FRAME + 1 and modinfo[-MODINFO_FRAME - 1] == "\n":
         modinfo = modinfo[MODINFO_FRAME:-MODINFO_FRAME]
-    main_path, settings = "", {}
+    main_path, main_module = "", ""
+    settings: dict[str, str] = {}
+    modules: list[tuple[str, str]] = []
     for line in modinfo.splitlines():
         kind, _, rest = line.partition("\t")
         if kind == "path":
             main_path = rest
+        elif kind == "mod":
+            main_module = rest.split("\t")[0]
+        elif kind == "dep":
+            modules.append(_module_version(rest))
+        elif kind == "=>" and modules:  # the code keeps the import path; say what replaced it
+            modules[-1] = (modules[-1][0], "=> " + " ".join(_module_version(rest)).strip())
         elif kind == "build" and "=" in rest:
             key, _, value = rest.partition("=")
             settings[_unquote(key)] = _unquote(value)
-    return GoBuildInfo(go_version=version, main_path=main_path, settings=settings)
+    return GoBuildInfo(
+        go_version=version,
+        main_path=main_path,
+        settings=settings,
+        main_module=main_module,
+        modules=tuple(modules),
+    )
+
+
+def _module_version(fields: str) -> tuple[str, str]:
+    """(path, version) of a `dep` or `=>` line's tab-separated path, version and sum."""
+    path, _, rest = fields.partition("\t")
+    return path, rest.partition("\t")[0]
 
 
 def _unquote(text: str) -> str:

@@ -136,6 +136,11 @@ class Profile:
         return next((self.hints[k] for k in keys if k in self.hints), "")
 
 
+# What a waiver may turn into `waived`: claims and evidence about the code. An ELF of another
+# machine or class, or an unsafe archive member, is never acceptable, so `elf.*` and `walk.*` are not.
+WAIVABLE_FAMILIES = ("attr", "go", "code", "closure")
+
+
 @dataclass(frozen=True)
 class Waiver:
     """Turns matching errors into waived findings; shipped ones must say how they were verified."""
@@ -149,11 +154,29 @@ class Waiver:
     profiles: tuple[str, ...] = ()
     origin: str = field(default="", metadata={"internal": True})  # the file or recipe it came from
 
+    def validate(self) -> None:
+        family, dot, rest = self.rule.partition(".")
+        if family not in WAIVABLE_FAMILIES or not dot or not rest:
+            raise Invalid(
+                "rule",
+                f"{self.rule!r}: a waiver names a rule of one family, as "
+                f"{' / '.join(f + '.NAME' for f in WAIVABLE_FAMILIES)} (globs after the dot); "
+                "elf.* and walk.* cannot be waived",
+            )
+
+    @property
+    def shipped(self) -> bool:
+        return self.origin.startswith(str(WAIVERS_DIR))
+
     def applies_to(self, lineage: Sequence[str]) -> bool:
         return not self.profiles or bool(set(self.profiles) & set(lineage))
 
     def matches(self, rule: str, path: str, symbol: str | None) -> bool:
-        if not fnmatch.fnmatchcase(rule, self.rule) or not fnmatch.fnmatchcase(path, self.path):
+        if (
+            rule.split(".", 1)[0] not in WAIVABLE_FAMILIES
+            or not fnmatch.fnmatchcase(rule, self.rule)
+            or not fnmatch.fnmatchcase(path, self.path)
+        ):
             return False
         if self.symbol == "*":
             return True

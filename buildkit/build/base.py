@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildkit.fsutil import sorted_tree
+from buildkit.source import DEFAULT_POLICY, SourcePolicy, source_entries, tree_digest_entries
 
 
 @dataclass(frozen=True)
@@ -20,20 +20,12 @@ class Backend:
     assemble: Callable[[Path], None]
 
 
-def tree_digest(root: Path) -> str:
-    """Content hash of a source tree: relative paths, modes, link targets and bytes."""
+def tree_digest(root: Path, policy: SourcePolicy = DEFAULT_POLICY) -> str:
+    """Content hash of a source tree (relative paths, modes, link targets and bytes), read through
+    buildkit.source: a special file, an escaping symlink or an oversized tree is refused."""
     digest = hashlib.sha256()
-    for path in sorted_tree(root):
-        rel = path.relative_to(root).as_posix()
-        if any(part in (".git", "__pycache__") for part in Path(rel).parts):
-            continue
-        st = path.lstat()
-        digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
-        if path.is_symlink():
-            digest.update(os.readlink(path).encode())
-        elif path.is_file():
-            digest.update(path.read_bytes())
-        digest.update(b"\0")
+    for chunk in tree_digest_entries(source_entries(root, policy)):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -6,7 +6,8 @@ Debian armhf is built for ARMv7 and is refused. Both backends assemble the same 
 1. distro packages: `mmdebstrap --variant=extract --architectures=armel` (apt resolves the
    dependencies; nothing is executed; the .debs are kept in the buildkit cache);
 2. pip requirements: wheels fetched by pip for the target (pure Python, or ARMv6 soft-float wheels
-   that pass the arch gate), installed into /usr/lib/python3/dist-packages;
+   that pass the arch gate), installed into /usr/lib/python3/dist-packages; a distribution that a
+   Debian package of step 1 already installed there satisfies its requirement, also transitively;
 3. the app, copied to /app;
 4. pruning of what a service never needs (docs, man pages, locales, tests, caches, codecs other
    than the Unicode and Western ones, glibc's iconv modules, interactive-only modules, dpkg and its
@@ -44,16 +45,20 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from buildkit.build.armcontainer import docker_runner
 from buildkit.build.base import Backend
 from buildkit.errors import UserError
+from buildkit.progress import step
 from buildkit.schema import Invalid, Where
+from buildkit.source import SKIPPED_NAMES, copy_source
 from buildkit.target import Target, Userland
 from buildkit.toolchain import require_tool
 
 if TYPE_CHECKING:
+    from packaging.requirements import Requirement
+
     from buildkit.context import BuildContext
     from buildkit.recipe import Recipe
 
 # Bump when the assembly changes what ends up in the tree: it is part of the cache key.
-ASSEMBLY_REVISION = "2"
+ASSEMBLY_REVISION = "3"
 
 DIST_PACKAGES = "usr/lib/python3/dist-packages"
 APP_DIR = "app"
@@ -350,14 +355,17 @@ def assemble_rootfs(recipe: Recipe, base: DebianBase, dest: Path, runner: ArmRun
     the target's version."""
     settings = recipe.settings
     with fixed_umask(0o022), tempfile.TemporaryDirectory(prefix="buildkit-wheels-") as work:
-        wheels = fetch_wheels(settings.requirements, base, Path(work), recipe, runner) if settings.requirements else []
-        extract_packages(settings.packages, recipe, base, dest)
+        extract_packages(settings.packages, recipe, base, dest, keep_index=bool(settings.requirements))
         require_interpreter(dest, base, recipe)
-        if wheels:
-            install_wheels(wheels, base, dest)
+        if settings.requirements:
+            debian = DebianDistributions.installed_in(dest)
+            wheels = fetch_wheels(settings.requirements, base, Path(work), recipe, runner, debian)
+            if wheels:
+                install_wheels(wheels, base, dest)
         copy_app(recipe, dest / APP_DIR)
         prune_rootfs(dest, base.python, base, settings.packages)
-        compile_bytecode(dest, base.python, recipe, runner)
+        with step("compiling the Python bytecode"):
+            compile_bytecode(dest, base.python, recipe, runner)
         normalize_tree(dest, base.epoch)
 
 
@@ -381,10 +389,16 @@ def deb_cache_dir(base: DebianBase) -> Path:
 
 
 def extract_packages(
-    packages: Sequence[str], recipe: Recipe, base: DebianBase, dest: Path, field: str = "python.packages"
+    packages: Sequence[str],
+    recipe: Recipe,
+    base: DebianBase,
+    dest: Path,
+    field: str = "python.packages",
+    keep_index: bool = False,
 ) -> None:
     """mmdebstrap's extract variant; .debs already in the cache are not downloaded again. `field`
-    is the recipe key an error names."""
+    is the recipe key an error names; `keep_index` leaves apt's package lists in dest's
+    var/lib/apt/lists (pruning removes them), where a refused requirement's Debian package is looked up."""
     mmdebstrap = require_tool("mmdebstrap")
     debs = deb_cache_dir(base)
     archives = "/var/cache/apt/archives/"
@@ -396,13 +410,17 @@ def extract_packages(
         f"--include={','.join(packages)}",
         "--skip=download/empty",
         "--skip=cleanup/apt/cache",
+        *(["--skip=cleanup/apt/lists"] if keep_index else []),
         f'--setup-hook=mkdir -p "$1"{archives}',
         f"--setup-hook=sync-in {debs} {archives}",
         base.suite,
         str(dest),
         recipe.settings.mirror,
     ]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    with step(f"extracting Debian {base.suite} {base.arch} packages (mmdebstrap)"):
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C.UTF-8"}
+        )
     if proc.returncode != 0:
         raise mmdebstrap_error(proc.stdout + proc.stderr, packages, recipe, base, field)
     keep_downloaded_debs(dest / archives.strip("/"), debs)
@@ -457,9 +475,15 @@ class MissingWheel(UserError):
 
 
 def fetch_wheels(
-    requirements: Sequence[str], base: DebianBase, work: Path, recipe: Recipe, runner: ArmRunner | None
+    requirements: Sequence[str],
+    base: DebianBase,
+    work: Path,
+    recipe: Recipe,
+    runner: ArmRunner | None,
+    debian: DebianDistributions | None = None,
 ) -> list[Wheel]:
-    """Download the requirements and their dependencies as wheels for the target, and vet each one.
+    """Download the requirements and their dependencies as wheels for the target, and vet each one;
+    what the Debian packages already installed (`debian`) counts as installed and is not fetched.
 
     pip is asked for pure or ARMv6 wheels only (offered an armv7l one too, it would prefer it over a
     pure one). What exists only as a source distribution is built into an ARMv6 wheel in the ARM
@@ -467,16 +491,27 @@ def fetch_wheels(
     built wheels on offer, so that their own dependencies are fetched too. The native backend
     refuses source distributions, naming any wheel for another ARM platform that pip passed over."""
     where = f"{recipe.path}: python.requirements"
+    debian = debian or DebianDistributions()
     download, built = work / "download", work / "built"
     built.mkdir(parents=True, exist_ok=True)
+    constraints = debian.as_installed(work / "debian")
     wanted, built_names = list(requirements), set[str]()
     while True:
         remove(download)
         try:
-            pip_download(wanted, base, base.wheel_platforms, download, where, links=built)
+            with step(f"downloading wheels for {', '.join(wanted)} (pip)"):
+                pip_download(
+                    wanted,
+                    base,
+                    base.wheel_platforms,
+                    download,
+                    where,
+                    links=(built, constraints.parent),
+                    constraints=constraints,
+                )
         except MissingWheel as missing:
             if runner is None:
-                raise wheel_for_other_platform(missing, requirements, base, recipe, where) from None
+                raise refuse_missing_wheel(missing, requirements, base, recipe, debian, work) from None
             sources = [download_source(missing.requirement, base, work, where)]
         else:
             sources = sorted(p for p in download.iterdir() if p.suffix != ".whl")
@@ -486,7 +521,8 @@ def fetch_wheels(
                 raise source_refused(sources[0].name, where)
         fresh = build_wheels_from_source(sources, built_names, runner, recipe, base, built)
         wanted = [pin_built_requirement(r, fresh) for r in wanted]
-    wheels = wheels_in(download)
+    # Debian's distributions come back as their placeholders: the tree has them already.
+    wheels = [w for w in wheels_in(download) if distribution_name(w.path.name) not in debian.versions]
     for wheel in wheels:
         check_wheel(wheel, base, recipe)
     return wheels
@@ -498,10 +534,13 @@ def pip_download(
     platforms: Sequence[str],
     dest: Path,
     where: str,
-    links: Path | None = None,
+    links: Sequence[Path] = (),
+    constraints: Path | None = None,
+    deps: bool = True,
 ) -> None:
+    options = [*(["--constraint", str(constraints)] if constraints else []), *([] if deps else ["--no-deps"])]
     pip(
-        ["download", "--dest", str(dest), *pip_target_options(base.python, platforms), "--", *requirements],
+        ["download", "--dest", str(dest), *options, *pip_target_options(base.python, platforms), "--", *requirements],
         where=where,
         what=f"downloading {', '.join(requirements)}",
         links=links,
@@ -509,21 +548,297 @@ def pip_download(
     )
 
 
-def wheel_for_other_platform(
-    missing: MissingWheel, requirements: Sequence[str], base: DebianBase, recipe: Recipe, where: str
+# What Debian provides ---------------------------------------------------------------------------
+
+DEBIAN_LOCAL_VERSION = "debian"  # `2.1.2+debian`: a version no index has, equal to 2.1.2 for every specifier
+
+
+@dataclass(frozen=True)
+class DebianDistributions:
+    """The Python distributions the extracted Debian packages installed (their .dist-info or
+    .egg-info in dist-packages), by normalised name; and apt's package index of that extraction,
+    where the Debian package of a refused requirement is looked up."""
+
+    installed: tuple[tuple[str, str], ...] = ()  # (name, version)
+    index_dir: Path | None = None
+
+    @classmethod
+    def installed_in(cls, rootfs: Path) -> DebianDistributions:
+        from packaging.utils import canonicalize_name
+
+        found = {}
+        for metadata in distribution_metadata_files(rootfs / DIST_PACKAGES):
+            headers = parse_metadata(metadata)
+            if headers.get("Name") and valid_version(headers.get("Version", "")):
+                found[canonicalize_name(headers["Name"])] = headers["Version"]
+        return cls(tuple(sorted(found.items())), rootfs / "var/lib/apt/lists")
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return dict(self.installed)
+
+    def as_installed(self, directory: Path) -> Path:
+        """A constraints file pinning each distribution to a placeholder wheel in `directory`
+        (same name and version, no dependencies: apt resolved Debian's own): pip's resolver then
+        takes what Debian installed as satisfying every requirement on it, transitively, and
+        refuses a requirement its version does not meet."""
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for name, version in self.installed:
+            pinned = f"{version}+{DEBIAN_LOCAL_VERSION}"
+            placeholder_wheel(directory, name, pinned)
+            lines.append(f"{name}=={pinned}\n")
+        constraints = directory / "constraints.txt"
+        constraints.write_text("".join(lines))
+        return constraints
+
+    def package_for(self, name: str) -> DebianPackage | None:
+        """The Debian package that would provide distribution `name`, found by Debian's naming
+        (python3-NAME, without a py/python- prefix) or a Provides: in the extraction's package index."""
+        if self.index_dir is None:
+            return None
+        candidates = dict.fromkeys(
+            f"python3-{n}" for n in (name, name.removeprefix("python-"), name.removeprefix("py")) if n
+        )
+        for index in sorted(self.index_dir.glob("*_Packages")):
+            text = index.read_text(errors="replace")
+            for candidate in candidates:
+                if found := find_debian_package(text, candidate):
+                    return found
+        return None
+
+
+@dataclass(frozen=True)
+class DebianPackage:
+    name: str
+    version: str  # Debian's: epoch, upstream version, revision
+
+    @property
+    def upstream_version(self) -> str:
+        upstream = re.sub(r"^\d+:", "", self.version).rsplit("-", 1)[0]
+        return re.split(r"[+~]", upstream)[0]
+
+
+def find_debian_package(index: str, name: str) -> DebianPackage | None:
+    """The stanza of package `name` in a Packages index, or of one that Provides: it."""
+    stanza = re.search(rf"^Package: {re.escape(name)}\n", index, re.MULTILINE)
+    if stanza is None:
+        provides = re.search(rf"^Provides:.*(?<![\w.+-]){re.escape(name)}(?![\w.+-])", index, re.MULTILINE)
+        if provides is None:
+            return None
+        start = index.rfind("\nPackage: ", 0, provides.start()) + 1
+    else:
+        start = stanza.start()
+    end = index.find("\n\n", start)
+    fields = dict(re.findall(r"^([\w-]+): (.*)$", index[start : end if end >= 0 else len(index)], re.MULTILINE))
+    return DebianPackage(fields.get("Package", name), fields.get("Version", "?"))
+
+
+def distribution_metadata_files(dist_packages: Path) -> list[Path]:
+    """METADATA of each .dist-info, PKG-INFO of each .egg-info directory, and .egg-info files."""
+    if not dist_packages.is_dir():
+        return []
+    found = []
+    for entry in sorted(dist_packages.iterdir()):
+        if entry.suffix == ".dist-info":
+            found.append(entry / "METADATA")
+        elif entry.suffix == ".egg-info":
+            found.append(entry / "PKG-INFO" if entry.is_dir() else entry)
+    return [f for f in found if f.is_file()]
+
+
+def parse_metadata(path: Path) -> dict[str, str]:
+    from email.parser import HeaderParser
+
+    return dict(HeaderParser().parsestr(path.read_text(errors="replace")).items())
+
+
+def valid_version(text: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        Version(text)
+    except InvalidVersion:
+        return False
+    return True
+
+
+def placeholder_wheel(directory: Path, name: str, version: str) -> Path:
+    """An empty pure wheel that only says `name` `version` is there."""
+    import base64
+    import hashlib
+
+    stem = f"{name.replace('-', '_')}-{version}"
+    members = {
+        f"{stem}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{stem}.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: buildkit\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = [
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data.encode()).digest()).rstrip(b'=').decode()},"
+        f"{len(data.encode())}"
+        for path, data in members.items()
+    ]
+    members[f"{stem}.dist-info/RECORD"] = "\n".join([*record, f"{stem}.dist-info/RECORD,,"]) + "\n"
+    wheel = directory / f"{stem}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in members.items():
+            zf.writestr(zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return wheel
+
+
+# A refused requirement ---------------------------------------------------------------------------
+
+MAX_CHAIN_DEPTH = 8
+
+
+def refuse_missing_wheel(
+    missing: MissingWheel,
+    requirements: Sequence[str],
+    base: DebianBase,
+    recipe: Recipe,
+    debian: DebianDistributions,
+    work: Path,
 ) -> UserError:
-    """The refusal of the wheel pip would have taken for another ARM platform, if there is one."""
-    with tempfile.TemporaryDirectory(prefix="buildkit-other-wheels-") as other:
+    """The requirement at fault, the chain of requirements that pulled it in, the wheel pip would
+    have taken for another ARM platform if there is one, and the fix: the Debian package that
+    provides it, or the docker backend."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    where = f"{recipe.path}: python.requirements"
+    try:
+        name = canonicalize_name(Requirement(missing.requirement).name)
+    except InvalidRequirement:
+        return missing
+    with step(f"looking for what pulled in {missing.requirement}"):
+        chain = requirement_chain(requirements, name, base, debian, work, where)
+        other = wheel_for_other_platform(missing.requirement, base, recipe, work, where)
+        package = debian.package_for(name)
+    pulled = f" (pulled in by {' → '.join(chain)})" if len(chain) > 1 else ""
+    message = f"{where}: no pure-Python or ARMv6 wheel of {missing.requirement}{pulled} for the target's CPython"
+    if other:
+        message += f" ({other})"
+    return UserError(f"{message}: {debian_fix(package, missing.requirement, base)}")
+
+
+def debian_fix(package: DebianPackage | None, requirement: str, base: DebianBase) -> str:
+    from packaging.requirements import Requirement
+
+    if package is None:
+        return WHEEL_HINT
+    docker = 'set python.backend = "docker" to build it for the target from source'
+    if not Requirement(requirement).specifier.contains(package.upstream_version, prereleases=True):
+        return (
+            f"Debian {base.suite} {base.arch}'s {package.name} is {package.version}, which does not satisfy "
+            f"{requirement}: {docker}"
+        )
+    return f'add "{package.name}" (Debian {base.suite} {base.arch}: {package.version}) to python.packages, or {docker}'
+
+
+def requirement_chain(
+    requirements: Sequence[str], culprit: str, base: DebianBase, debian: DebianDistributions, work: Path, where: str
+) -> tuple[str, ...]:
+    """The shortest chain of requirements from one of the recipe's to `culprit`: breadth first, one
+    `pip download --no-deps` per level (any ARM platform: only the metadata matters). () when it
+    cannot be told: the refusal still names the requirement."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    parents: dict[str, str | None] = {}
+    level = []
+    for text in requirements:
+        requirement = Requirement(text)
+        if canonicalize_name(requirement.name) not in parents:
+            parents[canonicalize_name(requirement.name)] = None
+            level.append(requirement)
+    for _ in range(MAX_CHAIN_DEPTH):
+        if culprit in parents or not level:
+            break
+        dest = Path(tempfile.mkdtemp(prefix="chain-", dir=work))
+        wanted: dict[str, Requirement] = {
+            canonicalize_name(r.name): r for r in level if canonicalize_name(r.name) not in debian.versions
+        }
+        if not wanted:
+            break
         try:
-            pip_download(requirements, base, base.wheel_platforms + base.other_wheel_platforms, Path(other), where)
+            pip_download(
+                [str(r) for r in wanted.values()],
+                base,
+                base.wheel_platforms + base.other_wheel_platforms,
+                dest,
+                where,
+                deps=False,
+            )
         except UserError:
-            return missing
-        for wheel in wheels_in(Path(other)):
-            try:
-                check_wheel(wheel, base, recipe)
-            except UserError as refused:
-                return refused
-    return missing
+            return ()
+        level = []
+        for wheel in wheels_in(dest):
+            parent = distribution_name(wheel.path.name)
+            extras = wanted[parent].extras if parent in wanted else set()
+            for dependency in wheel_dependencies(wheel.path, extras, base.python):
+                child = canonicalize_name(dependency.name)
+                if child not in parents and child not in debian.versions:
+                    parents[child] = parent
+                    level.append(dependency)
+    if culprit not in parents:
+        return ()
+    chain = [culprit]
+    while (ancestor := parents[chain[-1]]) is not None:
+        chain.append(ancestor)
+    return tuple(reversed(chain))
+
+
+def wheel_dependencies(path: Path, extras: set[str], python: PythonVersion) -> list[Requirement]:
+    """The wheel's Requires-Dist that apply on the target with the requested extras."""
+    from email.parser import HeaderParser
+
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(path) as zf:
+        name = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1), None)
+        if name is None:
+            return []
+        headers = HeaderParser().parsestr(zf.read(name).decode(errors="replace"))
+    environment = target_environment(python)
+    applicable = []
+    for text in headers.get_all("Requires-Dist") or []:
+        requirement = Requirement(text)
+        if requirement.marker is None or any(
+            requirement.marker.evaluate({**environment, "extra": extra}) for extra in (*sorted(extras), "")
+        ):
+            applicable.append(requirement)
+    return applicable
+
+
+def target_environment(python: PythonVersion) -> dict[str, str]:
+    """PEP 508 marker values of the target's interpreter (Debian armel's CPython on an ARM1176)."""
+    return {
+        "implementation_name": "cpython",
+        "os_name": "posix",
+        "platform_machine": "armv6l",
+        "platform_python_implementation": "CPython",
+        "platform_system": "Linux",
+        "python_full_version": f"{python.xy}.0",
+        "python_version": python.xy,
+        "sys_platform": "linux",
+    }
+
+
+def wheel_for_other_platform(requirement: str, base: DebianBase, recipe: Recipe, work: Path, where: str) -> str:
+    """Why the wheel pip would have taken for another ARM platform is refused; "" when there is none."""
+    dest = Path(tempfile.mkdtemp(prefix="other-", dir=work))
+    try:
+        pip_download([requirement], base, base.wheel_platforms + base.other_wheel_platforms, dest, where, deps=False)
+    except UserError:
+        return ""
+    for wheel in wheels_in(dest):
+        try:
+            check_wheel(wheel, base, recipe)
+        except UserError as refused:
+            return str(refused).removeprefix(f"{where}: ").removesuffix(f": {WHEEL_HINT}")
+    return ""
 
 
 def source_refused(name: str, where: str) -> UserError:
@@ -626,13 +941,9 @@ def build_wheels_from_source(
             BUILT_WHEELS_DIR,
             *(f"{SOURCE_DIR}/{d}" for d in directories),
         ]
-        runner.run(
-            root,
-            argv,
-            env=source_build_environment(base.epoch),
-            outputs=[BUILT_WHEELS_DIR],
-            what=f"building {', '.join(s.name for s in sources)} from source",
-        )
+        what = f"building {', '.join(s.name for s in sources)} from source"
+        with step(f"{what} (ARM container)"):
+            runner.run(root, argv, env=source_build_environment(base.epoch), outputs=[BUILT_WHEELS_DIR], what=what)
         wheels = []
         for wheel in sorted((root / BUILT_WHEELS_DIR.lstrip("/")).glob("*.whl")):
             wheels.append(parse_wheel(Path(shutil.move(wheel, dest / wheel.name))))
@@ -721,20 +1032,27 @@ def pip_target_options(python: PythonVersion, platforms: Sequence[str]) -> list[
     return options
 
 
-def pip(args: list[str], where: str, what: str, links: Path | None = None, cache: Path | None = None) -> None:
-    """pip as a subprocess; `links` is offered as a find-links directory besides any the user set;
+def pip(args: list[str], where: str, what: str, links: Sequence[Path] = (), cache: Path | None = None) -> None:
+    """pip as a subprocess; `links` are offered as find-links directories besides any the user set;
     downloads are cached in buildkit's cache (`cache`), or not at all."""
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONHASHSEED": "0"}
     env.update({"PIP_CACHE_DIR": str(cache / "pip")} if cache else {"PIP_NO_CACHE_DIR": "1"})
-    if links is not None:
-        env["PIP_FIND_LINKS"] = " ".join(filter(None, (os.environ.get("PIP_FIND_LINKS"), str(links))))
+    if links:
+        env["PIP_FIND_LINKS"] = " ".join(filter(None, (os.environ.get("PIP_FIND_LINKS"), *map(str, links))))
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "--quiet", *args], capture_output=True, text=True, env=env, check=False
+        # Not --quiet: pip then leaves out why a resolution is impossible (what has no file at all).
+        [sys.executable, "-m", "pip", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if proc.returncode == 0:
         return
     output = proc.stdout + proc.stderr
-    if no_match := re.search(r"No matching distribution found for (\S+)", output):
+    # After backtracking through every release of a requirement, pip names what has no file at all.
+    unavailable = re.search(r"no matching distributions available for your environment:\n +(\S+)", output)
+    if no_match := re.search(r"No matching distribution found for (\S+)", output) or unavailable:
         raise MissingWheel(
             f"{where}: no pure-Python or ARMv6 wheel of {no_match.group(1)} for the target's CPython: {WHEEL_HINT}",
             no_match.group(1),
@@ -743,6 +1061,13 @@ def pip(args: list[str], where: str, what: str, links: Path | None = None, cache
         raise UserError(
             f"{where}: the package index is unreachable while {what}: check the network "
             f"or PIP_INDEX_URL / PIP_FIND_LINKS"
+        )
+    if conflict := re.search(r"The conflict is caused by:\n((?:    .*\n)+)", output):
+        lines = [line.strip() for line in conflict.group(1).splitlines()]
+        causes = "; ".join(lines[:3] + (["…"] if len(lines) > 3 else []))
+        raise UserError(
+            f"{where}: the requirements conflict while {what} ({causes}; a version "
+            f"+{DEBIAN_LOCAL_VERSION} is what python.packages installs): change a pin or the Debian packages"
         )
     errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
     raise UserError(f"{where}: pip failed {what}: {(errors or output.strip().splitlines() or ['?'])[-1]}")
@@ -796,13 +1121,12 @@ def loadable_extension(name: str, base: DebianBase) -> bool:
 def copy_app(recipe: Recipe, dest: Path) -> None:
     """The recipe's source directory, without the recipe itself and without caches or VCS data."""
 
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        ignored = {n for n in names if n in ("__pycache__", ".git", ".pytest_cache") or n.endswith(".pyc")}
-        if Path(directory).resolve() == recipe.path.parent:
-            ignored.add(recipe.path.name)
-        return ignored
+    def skip(directory: Path, name: str) -> bool:
+        if name in SKIPPED_NAMES or name == ".pytest_cache" or name.endswith(".pyc"):
+            return True
+        return directory.resolve() == recipe.path.parent and name == recipe.path.name
 
-    shutil.copytree(recipe.source_dir, dest, symlinks=True, ignore=ignore)
+    copy_source(recipe.source_dir, dest, recipe.source_policy, skip)
 
 
 # 4. Pruning --------------------------------------------------------------------------------------

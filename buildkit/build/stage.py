@@ -8,13 +8,16 @@ output directory, so a failing or interrupted build never leaves a payload behin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from buildkit import __version__
@@ -22,16 +25,20 @@ from buildkit.archgate.model import GateReport
 from buildkit.build.base import Backend, tree_digest
 from buildkit.build.kinds import kind_module
 from buildkit.context import BuildContext
-from buildkit.errors import VerificationFailed
+from buildkit.errors import UserError, VerificationFailed
 from buildkit.fsutil import write_bytes_atomic
+from buildkit.layout import SDCARD_README
 from buildkit.recipe import Recipe
 from buildkit.resources import VERIFY_DIR
-from buildkit.schema import to_table
+from buildkit.schema import Where, to_table
 from buildkit.target import profile_data, profile_path
 
 PAYLOAD_DIR = "payload"
 GATE_REPORT = "gate.json"
 BUILD_INFO = "build.json"
+# What buildkit writes into an out dir as a directory: a symlink or a file there is refused.
+OUT_SUBDIRS = (PAYLOAD_DIR, str(SDCARD_README.parent))
+MAX_LINK_HOPS = 40  # as the kernel's MAXSYMLINKS
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ def cache_key(ctx: BuildContext, toolchain: dict[str, str]) -> str:
         {
             "buildkit": __version__,
             "recipe": ctx.recipe.sha256,
-            "source": tree_digest(ctx.recipe.source_dir),
+            "source": tree_digest(ctx.recipe.source_dir, ctx.recipe.source_policy),
             "toolchain": toolchain,
             "target": ctx.target.to_dict(),
             "source_date_epoch": ctx.epoch,
@@ -66,12 +73,13 @@ def cache_key(ctx: BuildContext, toolchain: dict[str, str]) -> str:
 def build_recipe(ctx: BuildContext) -> BuildResult:
     """Build (or reuse from cache), gate, and publish `out_dir/payload` with its gate report."""
     recipe, out_dir = ctx.recipe, ctx.out_dir
+    check_out_dir(out_dir)
     backend: Backend = kind_module(recipe.kind).backend(ctx)
     key = cache_key(ctx, backend.toolchain)
     cached_dir = ctx.cache_dir / recipe.kind / key
     cached = (cached_dir / PAYLOAD_DIR).is_dir()
     if not cached:
-        _assemble_into_cache(backend, cached_dir)
+        _assemble_into_cache(backend, cached_dir, recipe)
     report = _gate_cached(ctx, cached_dir)
     if not report.ok:
         first = report.errors[0]
@@ -144,25 +152,110 @@ def _gate_cached(ctx: BuildContext, cached_dir: Path) -> GateReport:
     return report
 
 
-def _assemble_into_cache(backend: Backend, cached_dir: Path) -> None:
-    cached_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{cached_dir.name[:12]}.", dir=cached_dir.parent))
+def check_out_dir(out_dir: Path) -> None:
+    """Before anything is built: the out dir is a directory (or absent), and what buildkit writes
+    there as a directory is not a symlink or a file (it would be followed, or fail half-way)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output directory {out_dir} is a file: remove it or choose another --out")
+    for name in OUT_SUBDIRS:
+        _check_out_subdir(out_dir / name)
+
+
+def _check_out_subdir(path: Path) -> None:
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        what = "a symlink" if path.is_symlink() else "not a directory"
+        raise UserError(f"{path} is {what}, where buildkit writes a directory: remove it or choose another --out")
+
+
+def check_entrypoint(recipe: Recipe, payload: Path) -> None:
+    """After the build, before the payload is kept: `run.entrypoint` is in it, a regular file (or a
+    symlink that resolves to one, inside the payload as the sandbox sees it) the service user may run."""
+    where = Where(recipe.path).child("run").child("entrypoint")
+    entry = recipe.run.entrypoint
+    resolved = resolve_in_tree(payload, entry, where)
     try:
+        st = resolved.stat()
+    except OSError:  # absent, or a path through a file
+        raise where.error(f"{entry} is not in the payload the build made: fix the entrypoint or the build") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise where.error(f"{entry} is not a regular file in the payload: name the program to run")
+    if not st.st_mode & stat.S_IXOTH:
+        raise where.error(
+            f"{entry} is not executable by the service user (mode {stat.S_IMODE(st.st_mode):04o}): make it 0755"
+        )
+
+
+def resolve_in_tree(root: Path, path: str, where: Where) -> Path:
+    """`path` resolved as it would be with `root` as `/`: absolute link targets start at `root`,
+    '..' stops there, so the result never leaves the tree."""
+    parts = list(PurePosixPath(path).parts[1:])
+    current, hops = root, 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        candidate = current / part
+        if not candidate.is_symlink():
+            current = candidate
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS:
+            raise where.error(f"{path}: a symlink loop in the payload")
+        target = PurePosixPath(os.readlink(candidate))
+        if target.is_absolute():
+            current, target = root, target.relative_to("/")
+        parts = [*target.parts, *parts]
+    return current
+
+
+def _assemble_into_cache(backend: Backend, cached_dir: Path, recipe: Recipe) -> None:
+    cached_dir.parent.mkdir(parents=True, exist_ok=True)
+    with staging_dir(cached_dir.parent, f".{cached_dir.name[:12]}.") as work:
         backend.assemble(work / PAYLOAD_DIR)
+        check_entrypoint(recipe, work / PAYLOAD_DIR)
         if not cached_dir.exists():
             os.replace(work, cached_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _publish(src: Path, dest: Path) -> None:
-    """Replace `dest` with a copy of `src` in one rename."""
+    """Replace `dest` with a copy of `src`: the old one is renamed away, the new one renamed in."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".payload.", dir=dest.parent))
-    try:
+    with staging_dir(dest.parent, ".payload.") as staging:
         shutil.copytree(src, staging / "tree", symlinks=True)
+        _check_out_subdir(dest)
         if dest.exists():
-            shutil.rmtree(dest)
+            os.replace(dest, staging / "old")
         os.replace(staging / "tree", dest)
+
+
+@contextlib.contextmanager
+def staging_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new directory in `parent`, removed on the way out whatever happens. Created inside the
+    `try` (not with mkdtemp before it), so a signal right after its creation still removes it."""
+    path = parent / f"{prefix}{secrets.token_hex(6)}"
+    mine = True
+    try:
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            mine = False  # another run's: never removed by this one
+            raise
+        yield path
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if mine:
+            remove_staging(path)
+
+
+def remove_staging(path: Path) -> None:
+    """Remove a staging directory completely, even when Ctrl-C or SIGTERM (an exception, see
+    cli.main) arrives while it is being removed: the removal is finished, then the signal goes on."""
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted

@@ -27,6 +27,7 @@ from pathlib import Path
 from buildkit.errors import UserError
 from buildkit.host import register_qemu_arm
 from buildkit.recipe import Smoke
+from buildkit.smoke.bounds import check_fork_bomb, check_sandbox_limits, check_seccomp_filter, check_tmpfs_full
 from buildkit.smoke.checks import (
     apply_ruleset,
     check_boot,
@@ -81,11 +82,13 @@ BEFORE_DECLARED = (
     "firewall",
     "boot-gates",
     "sandbox",
+    "sandbox-limits",
+    "seccomp-filter",
     "target-cpu",
     "port-80",
     "direct-port-closed",
 )
-AFTER_DECLARED = ("sigterm-stop", "tampered-payload-refused")
+AFTER_DECLARED = ("tmpfs-full", "fork-bomb", "sigterm-stop", "tampered-payload-refused")
 PLATFORM_CHECKS = BEFORE_DECLARED + AFTER_DECLARED
 
 
@@ -112,7 +115,7 @@ def smoke(target: Path, timeout: float = DEFAULT_TIMEOUT) -> SmokeResult:
     package = PackageFiles.find(target)
     log = CheckLog(check_plan(package.smoke))
     stopped_by = None
-    with _sigterm_as_interrupt(), contextlib.ExitStack() as stack:
+    with _interrupts_unwind() as interrupted, contextlib.ExitStack() as stack:
         scratch = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, ignore_cleanup_errors=True))
         )
@@ -121,6 +124,8 @@ def smoke(target: Path, timeout: float = DEFAULT_TIMEOUT) -> SmokeResult:
             _run_checks(package, scratch, timeout, log, stack)
         except RunStopped as exc:
             stopped_by = str(exc)
+        if interrupted.is_set():
+            raise KeyboardInterrupt  # one that Python swallowed (see _interrupts_unwind): the run still stops
     return SmokeResult(str(target), log.finish(stopped_by))
 
 
@@ -145,12 +150,16 @@ def _run_checks(
     log.run("firewall", lambda: apply_ruleset(root / RULESET, netns.device), required=True)
     secret_values = log.require("boot-gates", lambda: check_boot(device, timeout))
     log.run("sandbox", lambda: check_sandbox(device))
+    log.run("sandbox-limits", lambda: check_sandbox_limits(device))
+    log.run("seccomp-filter", lambda: check_seccomp_filter(device, package))
     log.run("target-cpu", lambda: check_target_cpu(device, binfmt))
     log.run("port-80", lambda: wait_for_port_80(client, device, timeout), required=True)
     log.run("direct-port-closed", lambda: check_direct_port_closed(client, config.port))
     service = Service(device, client, secret_values, timeout)
     for name, check in declared_checks(package.smoke):
         log.run(name, partial(check, service))
+    log.run("tmpfs-full", lambda: check_tmpfs_full(device, client))
+    log.run("fork-bomb", lambda: check_fork_bomb(device, client))
     log.run("sigterm-stop", lambda: check_sigterm_stop(device))
     log.run("tampered-payload-refused", lambda: check_tampered_payload(device, package, scratch))
 
@@ -166,17 +175,23 @@ def unpack_overlay_config(package: PackageFiles, root: Path) -> tuple[str, Paylo
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so that cleanup runs either way."""
+def _interrupts_unwind() -> Iterator[threading.Event]:
+    """SIGTERM unwinds like Ctrl-C, so that cleanup runs either way; and neither is lost: Python
+    drops the KeyboardInterrupt of a signal that arrives while a finalizer runs (a Popen's or a
+    socket's __del__: "Exception ignored in"), and the run would then carry on and pass. The event
+    stays set, and `smoke` stops on it."""
+    interrupted = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupted
         return
 
     def interrupt(signum: int, frame: object) -> None:
+        interrupted.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield interrupted
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

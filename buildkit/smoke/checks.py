@@ -21,8 +21,8 @@ from buildkit.toolchain import require_tool
 PUBLIC_KEY = "etc/buildkit/buildkit.pub"
 HTTP_PORT = 80
 POLL_INTERVAL = 0.25  # a few connections a second: under the firewall's per-source limit of new ones
-# Writable in every sandbox, whatever the recipe declares: the script's tmpfs at /tmp and bwrap's /dev.
-PLATFORM_WRITABLE = ("/tmp", "/dev")
+# Writable in every sandbox, whatever the recipe declares: the script's tmpfs at /tmp (/dev is read-only).
+PLATFORM_WRITABLE = ("/tmp",)
 # Read-write mounts that are not storage the payload could fill: kernel file systems, and the
 # device nodes (null, zero, urandom...) bwrap binds from the host's devtmpfs.
 KERNEL_FILESYSTEMS = frozenset({"proc", "sysfs", "devpts", "mqueue", "devtmpfs"})

@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -28,6 +29,9 @@ PAYLOAD_SCRIPT = "usr/libexec/buildkit/payload"
 RULESET = "etc/nftables.nft"
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_BOUND = 10.0
+CHILD_BOUND = 5.0  # from bwrap's report of tini to tini's child, the payload
+OFF_DEVICE = "user-mode emulation"
+LIMIT_VARIABLES = ("BK_LIMIT_NPROC", "BK_LIMIT_NOFILE", "BK_LIMIT_AS_KB")
 
 
 def unpack_overlay(apkovl: Path, root: Path) -> str:
@@ -61,6 +65,9 @@ class PayloadConfig:
     writable: tuple[str, ...]
     argv: str
     port: int
+    tmpfs: tuple[tuple[str, int], ...] = ()  # (path, MiB) of every tmpfs, /tmp first
+    limits: tuple[tuple[str, int], ...] = ()  # (BK_LIMIT_* variable, value), as the script applies them
+    seccomp: str = ""  # the compiled filter, a path in the overlay
 
     @classmethod
     def read(cls, root: Path, name: str) -> PayloadConfig:
@@ -84,6 +91,12 @@ class PayloadConfig:
                 tuple(conf_of["BK_WRITABLE"].split()),
                 conf_of["BK_ARGV"],
                 _service_port(root / RULESET),
+                tuple(
+                    (path, int(size))
+                    for path, _, size in (item.rpartition(":") for item in conf_of["BK_TMPFS"].split())
+                ),
+                tuple((key, int(conf_of[key])) for key in LIMIT_VARIABLES),
+                conf_of["BK_SECCOMP"],
             )
             config.check_paths()
             return config
@@ -153,6 +166,9 @@ class Device:
             "BK_LOGGER": "true",
             "BK_LOG_FILE": str(self.log_file),
             "BK_STOP_TIMEOUT": str(int(STOP_BOUND)),
+            # The payload runs under qemu-arm: the script leaves out the ARM seccomp filter and the
+            # address-space limit, which would stop the emulator rather than the payload.
+            "BK_OFF_DEVICE": OFF_DEVICE,
             **qemu_environment(self.target),
             **self.overrides,
         }
@@ -187,15 +203,20 @@ class Device:
         return pid if Path(f"/proc/{pid}").exists() else None
 
     def sandbox(self) -> tuple[Proc, Proc]:
-        """(tini, the payload) as the host sees them."""
+        """(tini, the payload) as the host sees them. bwrap reports tini's pid before tini has forked
+        the payload: a loaded host may need a moment."""
         tini_pid = self.sandbox_pid()
         if tini_pid is None:
             raise CheckFailed("the sandbox is not running")
-        table = process_table()
-        children = [proc for proc in table.values() if proc.ppid == tini_pid]
-        if not children:
-            raise CheckFailed(f"tini (pid {tini_pid}) has no child: the payload exited ({self.payload_output()})")
-        return table[tini_pid], min(children, key=lambda proc: proc.pid)
+        deadline = time.monotonic() + CHILD_BOUND
+        while True:
+            table = process_table()
+            children = [proc for proc in table.values() if proc.ppid == tini_pid]
+            if children and tini_pid in table:
+                return table[tini_pid], min(children, key=lambda proc: proc.pid)
+            if time.monotonic() > deadline or tini_pid not in table:
+                raise CheckFailed(f"tini (pid {tini_pid}) has no child: the payload exited ({self.payload_output()})")
+            time.sleep(0.05)
 
     def payload_output(self, lines: int = 3) -> str:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import ipaddress
 import os
 import signal
 import socket
@@ -13,10 +14,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from buildkit.errors import UserError
 from buildkit.smoke.results import last_line
@@ -24,7 +26,12 @@ from buildkit.smoke.results import last_line
 DEVICE_ADDR = "10.231.0.1"
 CLIENT_ADDR = "10.231.0.2"
 PREFIX_LEN = 30
+# More of the Internet: the client namespace answers for every address of this range (a local
+# route on its lo) and the device routes it through the client, so a check can come from many
+# sources, or from one no other check used.
+CLIENT_SOURCES = ipaddress.ip_network("10.231.1.0/24")
 NETNS_DIR = Path("/run/netns")
+T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 
 
@@ -62,11 +69,24 @@ def network_namespaces(tag: str) -> Iterator[Netns]:
             _ip("-n", name, "addr", "add", f"{addr}/{PREFIX_LEN}", "dev", ifname)
             _ip("-n", name, "link", "set", ifname, "up")
             _ip("-n", name, "link", "set", "lo", "up")
+        _ip("-n", net.client, "route", "add", "local", str(CLIENT_SOURCES), "dev", "lo")
+        _ip("-n", net.device, "route", "add", str(CLIENT_SOURCES), "via", CLIENT_ADDR)
         yield net
     finally:
         for name in reversed(created):
             kill_netns_processes(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def client_sources(count: int) -> list[str]:
+    """The first `count` addresses of CLIENT_SOURCES (its last one is kept for a fresh source)."""
+    hosts = list(CLIENT_SOURCES.hosts())[:-1]
+    if count > len(hosts):
+        raise ValueError(f"{count} client sources asked, {len(hosts)} available")
+    return [str(address) for address in hosts[:count]]
+
+
+FRESH_SOURCE = str(CLIENT_SOURCES.broadcast_address - 1)
 
 
 def _ip(*args: str) -> None:
@@ -115,6 +135,10 @@ class NetnsClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+    def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`function(*args, **kwargs)` run inside the namespace (its sockets belong to it)."""
+        return self._pool.submit(function, *args, **kwargs).result()
 
     def request(
         self, path: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 5.0

@@ -13,16 +13,24 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from buildkit.recipe import HttpProbe, LogWindowProbe, Smoke, ZombieProbe
+from buildkit.recipe import HttpProbe, LogWindowProbe, SlowClientsProbe, Smoke, ZombieProbe
 from buildkit.smoke.device import Device
-from buildkit.smoke.netns import NetnsClient
+from buildkit.smoke.netns import FRESH_SOURCE, NetnsClient, client_sources
 from buildkit.smoke.procfs import descendants
 from buildkit.smoke.results import CheckFailed, snippet
+from buildkit.smoke.slowclients import hold_slow_clients
 
 PROBE_TIMEOUT = 10.0  # one request to a payload under emulation
 REAP_BOUND = 10.0
 LOG_WINDOW = "log-window"
 NO_ZOMBIES = "no-zombies"
+SLOW_CLIENTS = "slow-clients"
+HTTP_PORT = 80
+# Slow clients come from several sources, each under the firewall's default caps (32 held, 40 new
+# at once): the check is of the service; the firewall's caps have their own tests.
+SLOW_CLIENTS_PER_SOURCE = 10
+SLOW_PROBE_AFTER_S = 1.0  # they trickle this long before the probe request
+SLOW_HOLD_S = 3.0  # and are all closed after this long
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,8 @@ def declared_checks(smoke: Smoke) -> tuple[tuple[str, DeclaredCheck], ...]:
         checks.append((LOG_WINDOW, partial(check_log_window, window=smoke.log_window)))
     if smoke.zombies is not None:
         checks.append((NO_ZOMBIES, partial(check_no_zombies, zombies=smoke.zombies)))
+    if smoke.slow_clients is not None:
+        checks.append((SLOW_CLIENTS, partial(check_slow_clients, slow=smoke.slow_clients)))
     return tuple(checks)
 
 
@@ -167,4 +177,33 @@ def check_no_zombies(service: Service, zombies: ZombieProbe) -> str:
     return (
         f"GET {zombies.path} → 200 {snippet(body, 80)}; every process it started gone and reaped "
         f"{time.monotonic() - started:.1f}s later, 0 zombies"
+    )
+
+
+def check_slow_clients(service: Service, slow: SlowClientsProbe) -> str:
+    """While `slow.connections` slow clients trickle an unfinished request each, `slow.path`, asked
+    from a source none of them uses, answers 200 within the bound."""
+    sources = client_sources(-(-slow.connections // SLOW_CLIENTS_PER_SOURCE))
+    within = slow.answer_within_ms / 1000
+    outcome = service.client.call(
+        hold_slow_clients,
+        service.client.host,
+        HTTP_PORT,
+        slow.path,
+        slow.connections,
+        probe_after=SLOW_PROBE_AFTER_S,
+        hold=SLOW_HOLD_S,
+        answer_within=within,
+        sources=sources,
+        probe_source=FRESH_SOURCE,
+    )
+    held = f"{outcome.opened} of {slow.connections} slow connections accepted (from {len(sources)} sources)"
+    if outcome.status != 200 or outcome.answered_in > within:
+        answer = outcome.detail or f"answered {outcome.status}"
+        raise CheckFailed(
+            f"{held}; meanwhile GET {slow.path}: {answer} after {outcome.answered_in:.2f} s, bound {within:g} s"
+        )
+    return (
+        f"{held}; meanwhile GET {slow.path} → 200 in {outcome.answered_in * 1000:.0f} ms (bound {within:g} s); "
+        f"{outcome.closed_by_server} of them closed by the service within {SLOW_HOLD_S:g} s, the rest by smoke"
     )

@@ -19,6 +19,7 @@ class Mount:
     point: str
     options: frozenset[str]  # the mount's own options (ro/rw, nosuid...), not the file system's
     fstype: str
+    super_options: frozenset[str] = frozenset()  # the file system's (a tmpfs's size=...)
 
 
 def process_table() -> dict[int, Proc]:
@@ -70,12 +71,19 @@ def inside_id(pid: int, map_name: str, host_id: int) -> int:
 
 def mounts(pid: int | str = "self") -> list[Mount]:
     """The mount table as process `pid` sees it, in mount order (mountinfo: point, options, and the
-    file system type after the "-" separator)."""
+    file system type and its options after the "-" separator)."""
     table = []
     for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
         fields = line.split()
-        fstype = fields[fields.index("-") + 1]
-        table.append(Mount(fields[4].encode().decode("unicode_escape"), frozenset(fields[5].split(",")), fstype))
+        separator = fields.index("-")
+        table.append(
+            Mount(
+                fields[4].encode().decode("unicode_escape"),
+                frozenset(fields[5].split(",")),
+                fields[separator + 1],
+                frozenset(fields[separator + 3].split(",")) if len(fields) > separator + 3 else frozenset(),
+            )
+        )
     return table
 
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -15,6 +16,8 @@ const (
 	redacted     = "[REDACTED]"
 	maxFieldSize = 256 // bytes of one string field in a record
 	maxPairs     = 16  // headers, query parameters, values per parameter
+	// A value percent-encoded twice (or more) is still the value.
+	maxDecodeRounds = 4
 )
 
 // Names containing one of these (case-insensitive) have their values redacted before a record is
@@ -79,8 +82,9 @@ type record struct {
 }
 
 // newRecord copies what is worth keeping from a request, redacted and clipped; the raw query
-// string and sensitive values are never stored, and the debug token is scrubbed wherever it shows.
-func newRecord(seq uint64, r *http.Request, status int, bytes int64, took time.Duration, token string) record {
+// string and sensitive values are never stored, and the debug token (matched by `token`, see
+// tokenPattern) is scrubbed wherever it shows.
+func newRecord(seq uint64, r *http.Request, status int, bytes int64, took time.Duration, token *regexp.Regexp) record {
 	c := clipper{token: token}
 	rec := record{
 		Seq:        seq,
@@ -101,14 +105,33 @@ func newRecord(seq uint64, r *http.Request, status int, bytes int64, took time.D
 }
 
 type clipper struct {
-	token     string
+	token     *regexp.Regexp // nil: no token to scrub
 	truncated bool
 }
 
-func (c *clipper) clip(s string) string {
-	if c.token != "" {
-		s = strings.ReplaceAll(s, c.token, redacted)
+// tokenPattern matches the token in any letter case: header names reach the handler case-folded.
+func tokenPattern(token string) *regexp.Regexp {
+	if token == "" {
+		return nil
 	}
+	return regexp.MustCompile("(?i)" + regexp.QuoteMeta(token))
+}
+
+// scrub removes the token from s, also where it hides percent-encoded: then the decoded text is
+// kept, with the token redacted.
+func (c *clipper) scrub(s string) string {
+	if c.token == nil {
+		return s
+	}
+	s = c.token.ReplaceAllLiteralString(s, redacted)
+	if decoded := percentDecoded(s); c.token.MatchString(decoded) {
+		return c.token.ReplaceAllLiteralString(decoded, redacted)
+	}
+	return s
+}
+
+func (c *clipper) clip(s string) string {
+	s = c.scrub(s)
 	if len(s) > maxFieldSize {
 		s, c.truncated = cutUTF8(s, maxFieldSize), true
 	}
@@ -163,7 +186,7 @@ func (c *clipper) firstNames(m map[string][]string) []string {
 }
 
 func isSensitive(name string) bool {
-	lower := strings.ToLower(name)
+	lower := strings.ToLower(percentDecoded(name))
 	for _, word := range sensitiveWords {
 		if strings.Contains(lower, word) {
 			return true
@@ -205,4 +228,47 @@ func cutUTF8(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+
+// percentDecoded decodes %XX sequences until none is left (at most maxDecodeRounds times),
+// leaving malformed ones as they are, as Python's urllib.parse.unquote does.
+func percentDecoded(s string) string {
+	for i := 0; i < maxDecodeRounds; i++ {
+		decoded := decodePercentOnce(s)
+		if decoded == s {
+			break
+		}
+		s = decoded
+	}
+	return s
+}
+
+func decodePercentOnce(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) {
+			if hi, lo := unhex(s[i+1]), unhex(s[i+2]); hi >= 0 && lo >= 0 {
+				out = append(out, byte(hi<<4|lo))
+				i += 2
+				continue
+			}
+		}
+		out = append(out, s[i])
+	}
+	return string(out)
+}
+
+func unhex(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'a' <= c && c <= 'f':
+		return int(c-'a') + 10
+	case 'A' <= c && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
 }

@@ -31,6 +31,7 @@ type config struct {
 	tokenFile      string
 	logRecords     int
 	logRecordBytes int
+	maxConnections int
 }
 
 func main() {
@@ -39,6 +40,7 @@ func main() {
 	flag.StringVar(&cfg.tokenFile, "token-file", "", "file holding the bearer token for /debug/logs (missing or empty: /debug/logs disabled)")
 	flag.IntVar(&cfg.logRecords, "log-records", 512, "records kept in the /debug/logs window")
 	flag.IntVar(&cfg.logRecordBytes, "log-record-bytes", 2048, "maximum size of one stored record, in bytes")
+	flag.IntVar(&cfg.maxConnections, "max-connections", defaultMaxConnections, "connections open at once (lowered to fit the open-file limit); more wait")
 	orphan := flag.Bool("orphan", false, "internal (/api/spawn): start a short-lived child, print its pid and exit without waiting for it")
 	exitAfter := flag.Duration("exit-after", 0, "internal (/api/spawn): sleep this long, then exit")
 	flag.Parse()
@@ -71,11 +73,21 @@ func run(cfg config) error {
 	}
 	if svc.token != "" {
 		svc.tokenDigest = sha256.Sum256([]byte(svc.token))
+		svc.tokenMatch = tokenPattern(svc.token)
 	}
-	ln, err := net.Listen("tcp", cfg.listen)
+	if cfg.maxConnections < 1 {
+		return errors.New("-max-connections must be at least 1")
+	}
+	inner, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
 		return err
 	}
+	limit := connectionBound(cfg.maxConnections)
+	ln := newLimitListener(inner, limit)
+	fmt.Fprintf(os.Stderr, "hello-go: at most %d connections open at once\n", limit)
+	// ReadHeaderTimeout and ReadTimeout are deadlines for the whole head and the whole request
+	// (net/http sets them once per request), not timeouts per read: a client that sends a byte now
+	// and then is cut off all the same. Each connection holds a goroutine, not a thread.
 	srv := &http.Server{
 		Handler:           svc.routes(),
 		ReadHeaderTimeout: 5 * time.Second,

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -15,7 +16,8 @@ import (
 
 type service struct {
 	started     time.Time
-	token       string // kept only to scrub it from records; compared through tokenDigest
+	token       string         // compared through tokenDigest
+	tokenMatch  *regexp.Regexp // finds the token in what a record keeps, to scrub it
 	tokenDigest [sha256.Size]byte
 	logs        *logWindow
 	served      atomic.Uint64
@@ -43,7 +45,7 @@ func (s *service) logged(next http.Handler) http.Handler {
 		next.ServeHTTP(rec, r)
 		s.served.Add(1)
 		s.logs.add(func(seq uint64) []byte {
-			return encodeRecord(newRecord(seq, r, rec.status, rec.bytes, time.Since(start), s.token), s.logs.maxBytes)
+			return encodeRecord(newRecord(seq, r, rec.status, rec.bytes, time.Since(start), s.tokenMatch), s.logs.maxBytes)
 		})
 	})
 }

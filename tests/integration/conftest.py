@@ -14,8 +14,10 @@ from buildkit.build.stage import BuildResult
 from support.docker_engine import Engine, running_dockerd
 from support.gate import build_c_binaries, build_go_binaries
 from support.go import build_hello_go
+from support.go import session_cache as go_session_cache
 from support.package import Demo, Device, package_demo
 from support.pyrootfs import HELLO_PY, build_in, session_cache
+from support.scaffold import Initialised, init_and_package
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +42,15 @@ def hello_go_build(tmp_path_factory) -> BuildResult:
 def hello_py_build(tmp_path_factory) -> BuildResult:
     """recipes/hello-py built with the native backend, in the session's Python cache."""
     return build_in(HELLO_PY, tmp_path_factory.mktemp("hello-py-native"), session_cache(tmp_path_factory))
+
+
+@pytest.fixture(scope="session", params=["go", "python"])
+def initialised(request, tmp_path_factory, buildkit_cli, hello_go_build) -> Initialised:
+    """`buildkit init` of each kind, packaged with the development key; the session's caches (the Go
+    one warmed by hello-go, the Python one holding the downloaded .debs)."""
+    python = request.param == "python"
+    cache = session_cache(tmp_path_factory) if python else go_session_cache(hello_go_build)
+    return init_and_package(buildkit_cli, request.param, tmp_path_factory.mktemp(f"init-{request.param}"), cache)
 
 
 @pytest.fixture(scope="session")

@@ -158,3 +158,21 @@ def test_truncated_and_garbage_elf_files_are_violations(gate_c_binaries, tmp_pat
         assert not report.ok, name
         assert rules_of(report) == {"elf.parse"}, name
         assert report.objects[0].checks == ("parse",)
+
+
+def test_a_partial_tree_reports_external_libraries_for_information(gate_c_binaries, foo, tmp_path):
+    """One package's files (here /usr without /lib: no loader of its own): what it lacks comes from
+    the system it is installed on."""
+    tree = armel_tree(tmp_path / "root", gate_c_binaries, foo)
+    partial = tmp_path / "partial"
+    shutil.copytree(tree / "usr", partial / "usr", symlinks=True)
+    auto = gate(partial)
+    assert auto.ok, [(f.path, f.rule) for f in auto.errors]
+    external = {
+        (f.path.rsplit("/", 1)[-1], f.evidence["library"]) for f in auto.findings if f.rule == "closure.external"
+    }
+    assert ("prog", "/lib/ld-linux.so.3") in external and all(
+        f.severity == "info" for f in auto.findings if f.rule == "closure.external"
+    )
+    assert {f.rule for f in gate(partial, closure="strict").errors} == {"closure.missing"}
+    assert not any(f.rule.startswith("closure.") for f in gate(partial, closure="off").findings)

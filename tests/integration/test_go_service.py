@@ -14,7 +14,12 @@ import pytest
 
 from buildkit.recipe import SMOKE_ZOMBIES_ENV
 from support.go import ensure_binfmt_qemu_arm, hello_binary, run_hello_go
-from support.service_contract import Client, check_debug_logs_disabled, check_service_contract
+from support.service_contract import (
+    Client,
+    check_debug_logs_disabled,
+    check_service_contract,
+    check_slow_clients_hold_nothing,
+)
 
 SPAWN_SERVED = {SMOKE_ZOMBIES_ENV: "1"}  # what the overlay sets when the recipe declares [smoke.zombies]
 
@@ -30,6 +35,12 @@ def test_reference_service_contract(binary):
     token = secrets.token_urlsafe(24)
     with run_hello_go(binary, token) as service:
         check_service_contract(service.base_url, token)
+        assert service.process.poll() is None, service.log()
+
+
+def test_slow_clients_cannot_hold_it(binary):
+    with run_hello_go(binary, "t0ken") as service:
+        check_slow_clients_hold_nothing(service.base_url)
         assert service.process.poll() is None, service.log()
 
 

@@ -124,3 +124,25 @@ def test_the_project_keeps_one_development_key_whatever_the_cwd(two_runs, run_cl
         assert f"signing with key {json.loads(run.stdout)['key_id']}" in run.stderr
     assert key_ids == {json.loads(first.stdout)["key_id"]}
     assert not (tmp_path / ".buildkit").exists()
+
+
+def test_the_pi_zero_profile_reaches_the_gate_the_build_and_the_sd_card(run_cli_module, tmp_path, hello_go_build):
+    recipe = tmp_path / "recipes" / "zero"
+    shutil.copytree(HELLO_GO, recipe)
+    toml = recipe / "recipe.toml"
+    toml.write_text(toml.read_text().replace('profile = "pi1"', 'profile = "pi-zero"'))
+    run = run_cli_module(
+        "package",
+        recipe,
+        "--out",
+        tmp_path / "out",
+        "--json",
+        cwd=tmp_path,
+        env={"BUILDKIT_CACHE": str(session_cache(hello_go_build)), "BUILDKIT_KEY": ""},
+    )
+    assert run.returncode == 0, run.stderr
+    card = (tmp_path / "out" / "sdcard" / "README.txt").read_text()
+    assert "Raspberry Pi Zero / Zero W" in card and "bcm2708-rpi-zero-w.dtb" in card
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["target"] == {"profile": "pi-zero", "board": "Raspberry Pi Zero / Zero W"}
+    assert manifest["gate"]["profile"] == "pi-zero" and manifest["toolchain"]["build"]["GOARM"] == "6"

@@ -35,7 +35,11 @@ from support.pyrootfs import (
     tree_entries,
     tree_size,
 )
-from support.service_contract import check_debug_logs_disabled, check_service_contract
+from support.service_contract import (
+    check_debug_logs_disabled,
+    check_service_contract,
+    check_slow_clients_hold_nothing,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -150,6 +154,12 @@ def test_hello_py_keeps_the_service_contract(rootfs, tmp_path, free_port):
             assert json.load(resp)["machine"] == "armv6l"
         assert terminate_payload(service) == 0, service.log()
         assert "hello-py: stopped" in service.log(), "SIGTERM must stop the service gracefully"
+
+
+def test_slow_clients_cannot_hold_hello_py(rootfs, tmp_path, free_port):
+    with run_hello_py(rootfs, tmp_path, free_port, token="t0ken") as service:
+        check_slow_clients_hold_nothing(service.base_url)
+        assert service.process.poll() is None, service.log()
 
 
 def test_hello_py_without_token_keeps_debug_logs_closed(rootfs, tmp_path, free_port):

@@ -32,7 +32,7 @@ def gate_inputs(binaries: dict[str, Path], tmp: Path) -> dict[str, tuple[list[st
         "compatible": ([str(binaries["armel-default"])], "pass"),
         "armv7": ([str(binaries["armel-armv7a"]), str(binaries["aarch64"])], "elf.machine"),
         "waived": ([str(binaries["armel-armv7a"]), "--waiver", str(tmp / "waivers.toml")], "waived"),
-        "tree": ([str(tmp / "rootfs")], "closure.missing"),
+        "tree": ([str(tmp / "rootfs"), "--closure", "strict"], "closure.missing"),
         "code scan": ([str(binaries["armel-neon"]), "--scan-code"], "code.*"),
     }
 

@@ -6,6 +6,7 @@ Ctrl-C."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -48,7 +49,10 @@ def test_hello_go_passes_every_check_and_writes_junit(run_cli, packaged_hello_go
     details = detail_lines(result.stdout)
     assert f"QEMU_CPU={load_recipe(HELLO_GO).target.qemu_cpu}" in details["target-cpu"]
     assert "uid 10001 inside" in details["sandbox"] and "no capabilities" in details["sandbox"]
-    assert "writable only /dev, /tmp, /var/lib/hello (declared: /var/lib/hello)" in details["sandbox"]
+    assert "writable only /tmp, /var/lib/hello (declared: /var/lib/hello)" in details["sandbox"]
+    assert "tmpfs /tmp 16 MiB, /var/lib/hello 16 MiB" in details["sandbox-limits"]
+    assert "user-mode qemu" in details["seccomp-filter"] and "ERRNO(EPERM)" in details["seccomp-filter"]
+    assert "got ENOSPC" in details["tmpfs-full"] and "got EAGAIN" in details["fork-bomb"]
     assert ":8080 directly: " in details["direct-port-closed"]
     assert "GET /api/health → 200" in details["http:health"]
     assert "redacted" in details["log-window"] and "within 2048 bytes" in details["log-window"]
@@ -126,17 +130,30 @@ def test_a_modified_manifest_fails_the_integrity_checks(run_cli, packaged_hello_
     assert leftovers() == []
 
 
-def test_ctrl_c_while_the_payload_runs_cleans_everything_up(buildkit_cli, packaged_hello_go, tmp_path):
+@pytest.fixture
+def own_tmpdir():
+    """A TMPDIR for one smoke run, so that its scratch directory (and so its sandbox's command line)
+    names it: another smoke on the machine (a parallel session) is not mistaken for this one. Under
+    /tmp and world-traversable, as the service user must reach the scratch root."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="buildkit-test-ctrl-c-", dir="/tmp"))
+    tmpdir.chmod(0o755)
+    yield tmpdir
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def test_ctrl_c_while_the_payload_runs_cleans_everything_up(buildkit_cli, packaged_hello_go, tmp_path, own_tmpdir):
     smoke = subprocess.Popen(
         [*buildkit_cli, "smoke", str(packaged_hello_go)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(own_tmpdir)},
     )
+    this_run = {"scratch": f"{own_tmpdir}/", "netns": f"bk-{smoke.pid}"}
     try:
         deadline = time.monotonic() + 120
-        while not any(item.startswith("process") and "bwrap" in item for item in leftovers()):
+        while not any(item.startswith("process") and "bwrap" in item for item in leftovers(**this_run)):
             assert smoke.poll() is None and time.monotonic() < deadline, "the sandbox never started"
             time.sleep(0.1)
         smoke.send_signal(signal.SIGINT)
@@ -145,7 +162,8 @@ def test_ctrl_c_while_the_payload_runs_cleans_everything_up(buildkit_cli, packag
         smoke.kill()
     assert smoke.returncode == 130, stderr
     assert "interrupted" in stderr
-    assert leftovers() == []
+    assert leftovers(**this_run) == []
+    assert list(own_tmpdir.iterdir()) == []
 
 
 def test_a_directory_that_is_neither_a_package_nor_a_recipe_is_a_usage_error(run_cli, tmp_path):

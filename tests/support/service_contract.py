@@ -8,7 +8,11 @@ The service listens with `-listen ADDR -token-file PATH` and offers:
   no token, a wrong token or another scheme → 401; no usable token file → 401 or 503 whatever is sent;
 - sensitive values (Authorization, Cookie, *key*/*token* headers; token/password/secret/key query
   parameters) are replaced by "[REDACTED]" before a record is stored: the raw value is never kept,
-  and neither is the debug token itself;
+  and neither is the debug token itself, in any letter case, percent-encoded (once or twice) in the
+  path, a header or a query, or sent as a header name;
+- 300 slow clients (a request's start, then a header line every half second) hold nothing:
+  /api/health answers within 2 s while they trickle, and each is cut off by the service's deadline
+  for the whole request (not a timeout per read, which they never trigger);
 - the window keeps at most X-Log-Window-Records lines of at most X-Log-Window-Record-Bytes each,
   however many or however large the requests.
 """
@@ -22,11 +26,16 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from buildkit.smoke.slowclients import hold_slow_clients
+
 REDACTED = "[REDACTED]"
 FLOOD_REQUESTS = 2000
 FLOOD_CONNECTIONS = 4
 MAX_WINDOW_BYTES = 16 << 20  # a Pi 1B has 256-512 MB for everything
 TIMEOUT_S = 30
+SLOW_CLIENTS = 300
+HEALTH_WITHIN_S = 2.0
+REQUEST_DEADLINE_S = 10  # the longest of the services' whole-request deadlines
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ def check_service_contract(base_url: str, token: str) -> None:
         check_api(client)
         check_debug_logs_auth(client, token)
         check_redaction(client, token)
+        check_redaction_after_decoding(client, token)
         check_large_request_bounded(client, token)
         check_flood_bounded(base_url, client, token)
     finally:
@@ -141,6 +151,41 @@ def check_redaction(client: Client, token: str) -> None:
     probe_lines = [line for line in text.splitlines() if visible in line]
     assert probe_lines, f"no record of the request carrying {visible} (redaction must not drop the record)"
     assert REDACTED in probe_lines[-1], f"the record does not mark what it redacted: {probe_lines[-1]}"
+
+
+def percent_encoded(text: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in text.encode())
+
+
+def check_redaction_after_decoding(client: Client, token: str) -> None:
+    """The token hidden from a plain comparison: encoded in the path, encoded twice in a query
+    value and a header, sent as a header name (which servers case-fold), in other letter cases; a
+    secret under a percent-encoded sensitive name."""
+    hidden = f"hidden-{secrets.token_hex(6)}"
+    encoded = percent_encoded(token)
+    client.get(f"/api/data/{encoded}")
+    client.get(f"/api/data?probe={percent_encoded(encoded)}&%74oken={hidden}", {"X-Note": percent_encoded(encoded)})
+    client.get("/api/data", {token: "1", "X-Upper": token.upper()})
+    client.get("/debug/logs", bearer(token))
+    text = client.get("/debug/logs", bearer(token)).body.decode()
+    for form in (token, encoded, percent_encoded(encoded), hidden):
+        assert form.lower() not in text.lower(), f"the log window holds {form!r} (in some letter case)"
+
+
+def check_slow_clients_hold_nothing(base_url: str) -> None:
+    parts = urlsplit(base_url)
+    outcome = hold_slow_clients(
+        parts.hostname or "127.0.0.1",
+        parts.port or 80,
+        "/api/health",
+        SLOW_CLIENTS,
+        probe_after=1.0,
+        hold=REQUEST_DEADLINE_S + 3,
+        answer_within=HEALTH_WITHIN_S,
+    )
+    assert outcome.opened == SLOW_CLIENTS, outcome
+    assert outcome.status == 200 and outcome.answered_in < HEALTH_WITHIN_S, outcome
+    assert outcome.closed_by_server == SLOW_CLIENTS, f"slow clients still connected past the deadline: {outcome}"
 
 
 def check_large_request_bounded(client: Client, token: str) -> None:

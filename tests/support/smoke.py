@@ -70,17 +70,17 @@ def assert_every_check_passed(stdout: str, recipe: Path) -> None:
     assert f"{len(checks)}/{len(checks)} checks passed" in stdout
 
 
-def leftovers() -> list[str]:
-    """Namespaces, mounts and processes of a smoke run that should have been cleaned up."""
+def leftovers(scratch: str = SCRATCH_PREFIX, netns: str = "bk-") -> list[str]:
+    """Namespaces, mounts and processes of a smoke run that should have been cleaned up; `scratch`
+    (a part of its scratch directory's path) and `netns` (a prefix of its namespaces' names, which
+    start with bk-PID) narrow it to one run, whatever other smoke runs on the machine are doing."""
     found = [
         f"netns {name}"
         for name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-        if name.startswith("bk-")
+        if name.startswith(netns)
     ]
     found += [
-        f"mount {line.split()[4]}"
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if SCRATCH_PREFIX in line
+        f"mount {line.split()[4]}" for line in Path("/proc/self/mountinfo").read_text().splitlines() if scratch in line
     ]
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -88,6 +88,6 @@ def leftovers() -> list[str]:
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if SCRATCH_PREFIX in cmdline and "buildkit smoke" not in cmdline:
+            if scratch in cmdline and "buildkit smoke" not in cmdline:
                 found.append(f"process {proc.name}: {cmdline[:120]}")
     return found

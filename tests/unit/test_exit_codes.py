@@ -76,4 +76,4 @@ def test_help_shows_the_exit_code_table(run_cli):
     assert "Exit codes:" in proc.stdout
     for code, meaning in EXIT_CODES.items():
         assert f"{code:>3}  {meaning}" in proc.stdout
-    assert set(EXIT_CODES) == {0, 1, 2, 3, 130}
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 130, 143}

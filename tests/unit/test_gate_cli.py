@@ -3,6 +3,8 @@ one-line errors for damaged or missing inputs and bad profiles."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from support.cli import no_traceback
@@ -44,3 +46,14 @@ def test_exit_2_for_a_bad_profile_file(run_cli, repo_root, tmp_path):
     proc = run_cli("verify", "artifact", "--profile", tmp_path / "p.toml", ".")
     assert proc.returncode == 2 and "Tag_Bogus" in proc.stderr
     no_traceback(proc)
+
+
+def test_a_waiver_that_matches_nothing_is_reported_as_unused(run_cli, tmp_path):
+    """A non-ELF file gates clean; the recipe-style waiver given for it is a typo or stale: a warning."""
+    (tmp_path / "notes.txt").write_text("no code here\n")
+    waivers = tmp_path / "w.toml"
+    waivers.write_text('[[waiver]]\nid = "typo"\nrule = "code.neno"\nreason = "r"\n')
+    result = run_cli("verify", "artifact", tmp_path / "notes.txt", "--waiver", waivers, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    unused = [f for f in json.loads(result.stdout)["findings"] if f["rule"] == "waiver.unused"]
+    assert [f["evidence"]["waiver"] for f in unused] == ["typo"] and unused[0]["severity"] == "warning"

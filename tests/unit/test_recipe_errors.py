@@ -55,6 +55,11 @@ MISTAKES = {
         "a package inside the module",
     ),
     "bad go build tag": (('package = "."', 'package = "."\ntags = ["a b"]'), "go.tags", "not a build tag"),
+    "waiver that switches the gate off": (
+        ("scan_code = true", 'scan_code = true\n[[gate.waivers]]\nid = "all"\nrule = "*"\nreason = "r"'),
+        "gate.waivers.0.rule",
+        "cannot be waived",
+    ),
     "egress by name": (('dns = ["1.1.1.1", "9.9.9.9"]', 'dns = ["dns.google"]'), "egress.dns.0", "IP address"),
 }
 

@@ -265,6 +265,7 @@ def test_minisign_limits_mean_n_2_20_r_8_p_1():
 def test_absurd_scrypt_limits_are_refused_before_any_work(encrypted_key, tmp_path):
     greedy = tmp_path / "greedy.key"
     greedy.write_text(encrypted_key[0].read_text())
+    greedy.chmod(0o600)
     blob = bytearray(decoded_line(greedy, 1))
     blob[46:54] = (2**40).to_bytes(8, "little")
     blob[38:46] = (2**45).to_bytes(8, "little")

@@ -47,6 +47,17 @@ MISTAKES = {
         "positive",
     ),
     "zombie probe without a path": ("[smoke.zombies]\n", "smoke.zombies.path", "missing"),
+    "slow clients without a path": ("[smoke.slow_clients]\n", "smoke.slow_clients.path", "missing"),
+    "too many slow clients": (
+        '[smoke.slow_clients]\npath = "/a"\nconnections = 100000\n',
+        "smoke.slow_clients.connections",
+        "from 1 to 1000",
+    ),
+    "slow clients bound of 0 ms": (
+        '[smoke.slow_clients]\npath = "/a"\nanswer_within_ms = 0\n',
+        "smoke.slow_clients.answer_within_ms",
+        "from 100 to 60000",
+    ),
     "unknown table": ('[smoke.load]\npath = "/"\n', "smoke.load", "unknown key"),
     "probes not an array": ('[smoke]\nhttp = "/api/health"\n', "smoke.http", "expected an array of tables"),
 }
@@ -81,7 +92,7 @@ def test_declared_checks_run_while_the_payload_serves_before_it_is_stopped():
     smoke = load_recipe(HELLO_GO).smoke
     plan = check_plan(smoke)
     declared = [name for name in plan if name not in PLATFORM_CHECKS]
-    assert declared == [*(f"http:{probe.name}" for probe in smoke.http), "log-window", "no-zombies"]
+    assert declared == [*(f"http:{probe.name}" for probe in smoke.http), "log-window", "no-zombies", "slow-clients"]
     assert plan.index("direct-port-closed") < plan.index(declared[0])
     assert plan.index(declared[-1]) < plan.index("sigterm-stop")
 

@@ -4,14 +4,16 @@ are stored, so memory stays bounded whatever the request rate or size."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import asdict, dataclass, field
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 REDACTED = "[REDACTED]"
 MAX_FIELD_BYTES = 256  # of one string field in a record
 MAX_PAIRS = 16  # headers, query parameters, values per parameter
 MIN_RECORD_BYTES = 256
+MAX_DECODE_ROUNDS = 4  # a value percent-encoded twice (or more) is still the value
 
 # Names containing one of these (case-insensitive) have their values redacted: Authorization,
 # Cookie, X-Api-Key, ?token=, ?password=, ?client_secret=, ?sig=...
@@ -66,12 +68,20 @@ class Clipper:
     """Redacts and clips what a record copies from a request; notes when something was cut."""
 
     def __init__(self, token: str) -> None:
-        self.token = token
+        self.token = re.compile(re.escape(token), re.IGNORECASE) if token else None
         self.truncated = False
 
+    def scrub(self, text: str) -> str:
+        """`text` without the debug token, in any letter case (header names are case-folded), also
+        where it hides percent-encoded: then the decoded text is kept, with the token redacted."""
+        if self.token is None:
+            return text
+        text = self.token.sub(REDACTED, text)
+        decoded = percent_decoded(text)
+        return self.token.sub(REDACTED, decoded) if self.token.search(decoded) else text
+
     def clip(self, text: str) -> str:
-        if self.token:
-            text = text.replace(self.token, REDACTED)
+        text = self.scrub(text)
         raw = text.encode()
         if len(raw) > MAX_FIELD_BYTES:
             self.truncated = True
@@ -110,8 +120,17 @@ def canonical_header(name: str) -> str:
 
 
 def is_sensitive(name: str) -> bool:
-    lower = name.lower()
+    lower = percent_decoded(name).lower()
     return any(word in lower for word in SENSITIVE_WORDS)
+
+
+def percent_decoded(text: str) -> str:
+    for _ in range(MAX_DECODE_ROUNDS):
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
 
 
 def encode_record(rec: Record, max_bytes: int) -> bytes:

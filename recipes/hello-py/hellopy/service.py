@@ -1,23 +1,25 @@
-"""The HTTP service: routes, the bearer-token check and one redacted record per request."""
+"""The HTTP service: routes, the bearer-token check and one redacted record per request.
+
+The connections are held by an event loop (connection.py), which hands each request to the
+handler below only once it has arrived whole; the handler reads and writes memory, never a socket."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import platform
 import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from hellopy import VERSION
+from hellopy.connection import MAX_CONNECTIONS, Server
 from hellopy.logwindow import Clipper, LogWindow, Record
 from hellopy.spawn import DEFAULT_SPAWN, MAX_SPAWN, SpawnError, spawn_orphans
-
-MAX_HEADER_BYTES = 16 << 10
-IO_TIMEOUT_S = 10
 
 
 class Service:
@@ -50,7 +52,6 @@ class Handler(BaseHTTPRequestHandler):
     server_version = f"hello-py/{VERSION}"
     sys_version = ""
     protocol_version = "HTTP/1.1"
-    timeout = IO_TIMEOUT_S
     service: Service  # set on the subclass made by make_server
 
     ROUTES = {
@@ -70,6 +71,18 @@ class Handler(BaseHTTPRequestHandler):
         self.dispatch()
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST  # answered 405, like hello-go, not 501
+
+    # The request is `self.request`: its bytes, head and body, already read by the connection.
+    def setup(self) -> None:
+        self.rfile = io.BytesIO(self.request)
+        self.wfile = io.BytesIO()
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
+
+    def finish(self) -> None:
+        """The connection writes `self.wfile` out."""
 
     def version_string(self) -> str:
         return self.server_version
@@ -171,12 +184,7 @@ def spawn_count(query: str) -> tuple[int, bool]:
     return (int(raw), True) if raw.isdigit() and 1 <= int(raw) <= MAX_SPAWN else (0, False)
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() waits for requests in flight: a graceful stop
-    request_queue_size = 64
-
-
-def make_server(host: str, port: int, service: Service) -> Server:
+def make_server(host: str, port: int, service: Service, max_connections: int = MAX_CONNECTIONS) -> Server:
     routes = {**Handler.ROUTES, **(Handler.SPAWN_ROUTES if service.spawn_served else {})}
     handler = type("BoundHandler", (Handler,), {"service": service, "ROUTES": routes})
-    return Server((host, port), handler)
+    return Server(host, port, handler, max_connections)
