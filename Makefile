@@ -12,11 +12,13 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What the pipeline itself runs (see `buildkit doctor`).
 APT_RUNTIME := python3-venv python3-dev gcc qemu-user qemu-user-static binfmt-support \
 	bubblewrap tini nftables minisign squashfs-tools mmdebstrap arch-test busybox iproute2 \
-	dpkg-dev ca-certificates libseccomp2
+	dpkg-dev ca-certificates libseccomp2 \
+	fdisk dosfstools mtools qemu-system-arm device-tree-compiler cpio
 # What only the tests and benchmarks use: cross-compilers for test binaries, linters, an engine.
 APT_TEST := gcc-arm-linux-gnueabi gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu \
 	libc6-dev-armel-cross libc6-dev-armhf-cross libc6-dev-arm64-cross \
-	binutils-arm-linux-gnueabi shellcheck docker.io curl zip zstd xz-utils bzip2
+	binutils-arm-linux-gnueabi shellcheck docker.io curl zip zstd xz-utils bzip2 \
+	softhsm2 opensc postgresql chromium e2fsprogs
 
 .PHONY: all payload test test-unit lint bench smoke sysdeps sysdeps-test venv clean distclean
 
@@ -25,7 +27,7 @@ all: payload
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[go,dev]'
+	$(BIN)/pip install --quiet -e '.[go,dev,hsm,fleet,postgres,verifier]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -65,13 +67,16 @@ bench: sysdeps-test venv
 	$(BIN)/python -m bench
 
 # Package each reference recipe, then boot it on the emulated device (needs root: namespaces,
-# mounts, binfmt_misc). A JUnit report per recipe lands beside its output directory.
+# mounts, binfmt_misc), and on an emulated Pi 1 (`--system`: qemu-system-arm, Debian's Pi 1
+# kernel, OpenRC). A JUnit report per recipe and mode lands beside its output directory, with the
+# guest's console log beside the --system one.
 SMOKE_RECIPES ?= hello-go hello-py
 
 smoke: sysdeps venv
 	@set -e; for name in $(SMOKE_RECIPES); do \
 		$(BIN)/buildkit package recipes/$$name --out $(OUT)/$$name; \
 		$(SUDO) $(BIN)/buildkit smoke $(OUT)/$$name --format junit --output $(OUT)/smoke-$$name.xml; \
+		$(BIN)/buildkit smoke --system $(OUT)/$$name --format junit --output $(OUT)/smoke-system-$$name.xml; \
 	done
 
 clean:

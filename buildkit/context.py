@@ -13,10 +13,13 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildkit.fsutil import source_date_epoch
-from buildkit.recipe import Recipe
-from buildkit.target import Target
+
+if TYPE_CHECKING:  # annotations only: the gate CLI asks for the cache dir without loading recipes
+    from buildkit.recipe import Recipe
+    from buildkit.target import Target
 
 CACHE_ENV = "BUILDKIT_CACHE"
 CACHE_DIR_NAME = ".buildkit-cache"

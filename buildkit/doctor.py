@@ -21,6 +21,7 @@ OPTIONAL = {
     "mmdebstrap": "only for Python recipes",
     "dockerd": "only for the Python docker backend",
     "minisign": "only to cross-check signatures with the reference tool",
+    **{tool: "only for `buildkit image` (the SD card)" for tool in ("sfdisk", "mkfs.vfat", "mmd", "mcopy")},
 }
 VERSION_TIMEOUT_S = 10
 # Nothing can be created below /dev/null, not even by root: Go, asked for its version, then writes

@@ -10,12 +10,18 @@
 - `<name>.squashfs`: the payload image. A read-only squashfs is mounted (loop) on the device, not
   unpacked into the RAM-backed root, which matters on a 256/512 MB board; it also gives the sandbox
   a root that cannot be written. It holds the payload plus the mount points the sandbox needs.
+- `<name>.cdx.json`: the payload's SBOM (CycloneDX 1.6, buildkit/sbom.py), listed in the manifest.
 - `manifest.json`: every file of the payload and the overlay (sha256, size, mode), the hashes of the
   apkovl and the image, the recipe hash, toolchain versions, the gate verdict and waivers used.
   Canonical form: sorted keys, two-space indent, ASCII, one trailing newline — the boot script
   reads it with awk and relies on that layout.
-- `manifest.json.minisig` (minisign `ED` signature of the manifest bytes), `buildkit.pub`, and
-  `sdcard/README.txt` (card layout, cmdline.txt and usercfg.txt lines).
+- `manifest.json.minisig` (minisign `ED` signature of the manifest bytes by the first signing key),
+  `manifest.json.<KEYID>.minisig` for each further key (rotation, layout.SIGNATURE), `buildkit.pub`
+  (the first key's public key), and `sdcard/README.txt` (card layout, cmdline.txt and usercfg.txt lines).
+
+The overlay's /etc/buildkit/buildkit.pub is the set of keys the device trusts (by default the signing
+keys), one minisign public key after the other; the boot gate accepts the manifest when any of them
+verifies any of its signatures, so a fleet moves from key A to key B with no device refused.
 
 The manifest cannot be inside the overlay it describes, so it lives on the boot media next to it.
 """
@@ -33,7 +39,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -52,11 +58,12 @@ from buildkit.fsutil import (
     sorted_tree,
     write_bytes_atomic,
 )
-from buildkit.layout import MANIFEST, PUBLIC_KEY, SDCARD_README, SIGNATURE
+from buildkit.layout import MANIFEST, PUBLIC_KEY, SDCARD_README, SIGNATURE_GLOB, signature_name
 from buildkit.progress import step
 from buildkit.recipe import SECRET_MOUNT, Recipe
+from buildkit.sbom import write_sbom
 from buildkit.seccomp import build_filter
-from buildkit.sign import PublicKey, SecretKey, sign_bytes
+from buildkit.sign import PublicKey, Signer, sign_bytes
 from buildkit.toolchain import require_tool
 
 TEMPLATE_SUFFIX = ".in"
@@ -91,54 +98,95 @@ class PackageResult:
     apkovl: Path
     payload_image: Path
     manifest: Path
-    signature: Path
+    signature: Path  # the first signing key's
     public_key: Path
     sdcard_readme: Path
     manifest_sha256: str
     source_date_epoch: int
     build: BuildResult
-    key_id: str
+    key_id: str  # the first signing key's
+    signatures: tuple[Path, ...] = ()  # every signature of the manifest, the first key's first
+    key_ids: tuple[str, ...] = ()  # every signing key, in signing order
+    trusted_key_ids: tuple[str, ...] = ()  # the keys the device's boot gate accepts
+    sbom: Path | None = None  # <name>.cdx.json, listed in the manifest
 
 
-def package_recipe(ctx: BuildContext, key: SecretKey) -> PackageResult:
+def package_recipe(
+    ctx: BuildContext, keys: Signer | Sequence[Signer], trusted: Sequence[PublicKey] = ()
+) -> PackageResult:
     """Build and gate the context's recipe, then write the signed SD-card set into its out dir."""
-    return package_build(build_recipe(ctx), key)
+    return package_build(build_recipe(ctx), keys, trusted)
 
 
-def package_build(build: BuildResult, key: SecretKey) -> PackageResult:
-    """Package an already built and gated payload (`build.payload_dir`)."""
+def package_build(
+    build: BuildResult, keys: Signer | Sequence[Signer], trusted: Sequence[PublicKey] = ()
+) -> PackageResult:
+    """Package an already built and gated payload (`build.payload_dir`), signed by each of `keys`,
+    for a device that trusts `trusted` (default: the signing keys)."""
     ctx = build.ctx
     recipe, out_dir, epoch = ctx.recipe, ctx.out_dir, ctx.epoch
+    signers = tuple(keys) if isinstance(keys, Sequence) else (keys,)
+    trust = trusted_set(signers, trusted)
     out_dir.mkdir(parents=True, exist_ok=True)
     # A signature left from an earlier run must never sit next to a half-written new set.
-    (out_dir / SIGNATURE).unlink(missing_ok=True)
+    for stale in sorted(out_dir.glob(SIGNATURE_GLOB)):
+        stale.unlink()
 
     image_path = out_dir / image_name(recipe)
     payload_files = build_payload_image(build.payload_dir, recipe, image_path, epoch)
     features = selected_features(recipe.device.features)
-    overlay = render_overlay(recipe, key.public(), epoch, features)
+    overlay = render_overlay(recipe, trust, epoch, features)
     apkovl_path = write_bytes_atomic(out_dir / apkovl_name(recipe), apkovl_bytes(overlay, epoch))
+    sbom_path = write_sbom(build, image_path, out_dir / layout.sbom_name(recipe.name))
 
-    manifest = manifest_bytes(build_manifest(build, overlay, payload_files, apkovl_path, image_path))
+    manifest = manifest_bytes(build_manifest(build, overlay, payload_files, apkovl_path, image_path, sbom_path))
     manifest_path = write_bytes_atomic(out_dir / MANIFEST, manifest)
-    public_path = write_bytes_atomic(out_dir / PUBLIC_KEY, public_key_text(key.public()).encode())
+    public_path = write_bytes_atomic(out_dir / PUBLIC_KEY, public_key_text(signers[0].public()).encode())
     readme_path = write_bytes_atomic(out_dir / SDCARD_README, sdcard_readme(recipe, features).encode())
     comment = f"file:{MANIFEST}\tpayload:{recipe.name} {recipe.version}\tsource_date_epoch:{epoch}"
-    signature_path = write_bytes_atomic(out_dir / SIGNATURE, sign_bytes(manifest, key, comment).encode())
+    signatures = tuple(
+        write_bytes_atomic(
+            out_dir / signature_name(signer.key_id, primary=index == 0), sign_bytes(manifest, signer, comment).encode()
+        )
+        for index, signer in enumerate(signers)
+    )
     return PackageResult(
         recipe,
         out_dir,
         apkovl_path,
         image_path,
         manifest_path,
-        signature_path,
+        signatures[0],
         public_path,
         readme_path,
         hashlib.sha256(manifest).hexdigest(),
         epoch,
         build,
-        key.key_id,
+        signers[0].key_id,
+        signatures,
+        tuple(signer.key_id for signer in signers),
+        tuple(key.key_id for key in trust),
+        sbom_path,
     )
+
+
+def trusted_set(signers: Sequence[Signer], trusted: Sequence[PublicKey]) -> tuple[PublicKey, ...]:
+    """The keys the device will trust: `trusted`, else the signing keys. The first signing key must be
+    among them: manifest.json.minisig is then always by a trusted key, for every reader that checks
+    only that file (stock `minisign -Vm manifest.json`, smoke, inspect). The signing keys come first,
+    in signing order, as stock `minisign -p` reads a file's first key."""
+    if not signers:
+        raise UserError("no signing key: give at least one --key")
+    signing = [signer.public() for signer in signers]
+    unique = {key.keynum: key for key in (list(trusted) or signing)}
+    if signing[0].keynum not in unique:
+        raise UserError(
+            f"the first signing key {signing[0].key_id} is not among the keys the device trusts "
+            f"({', '.join(key.key_id for key in unique.values())}): it signs manifest.json.minisig; "
+            "put a trusted --key first or --trust it"
+        )
+    order = {key.keynum: index for index, key in enumerate(signing)}
+    return tuple(sorted(unique.values(), key=lambda key: order.get(key.keynum, len(order))))
 
 
 def apkovl_name(recipe: Recipe) -> str:
@@ -153,11 +201,17 @@ def public_key_text(public: PublicKey) -> str:
     return public.to_text("buildkit")
 
 
+def trusted_keys_text(trusted: PublicKey | Sequence[PublicKey]) -> str:
+    """The overlay's /etc/buildkit/buildkit.pub: each trusted key's .pub text, one after the other."""
+    keys = trusted if isinstance(trusted, Sequence) else (trusted,)
+    return "".join(public_key_text(key) for key in keys)
+
+
 # ---------------------------------------------------------------------------------------------
 # The overlay
 
 
-def template_values(recipe: Recipe, public_key: PublicKey, epoch: int) -> dict[str, str]:
+def template_values(recipe: Recipe, trusted: PublicKey | Sequence[PublicKey], epoch: int) -> dict[str, str]:
     run, user, boot = recipe.run, recipe.run.user, recipe.target.boot
     env = {"PATH": DEFAULT_PATH, **run.env, **recipe.smoke.payload_env}
     return {
@@ -176,7 +230,7 @@ def template_values(recipe: Recipe, public_key: PublicKey, epoch: int) -> dict[s
         "SECRETS": shlex.quote(" ".join(f"{name}:{secret.file}" for name, secret in sorted(recipe.secrets.items()))),
         "ENV_ARGS": shlex.quote(shlex.join(word for name in sorted(env) for word in ("--setenv", name, env[name]))),
         "ARGV": shlex.quote(shlex.join((run.entrypoint, *run.args))),
-        "PUBLIC_KEY": public_key_text(public_key).rstrip("\n"),
+        "PUBLIC_KEY": trusted_keys_text(trusted).rstrip("\n"),
         "SERVICE_PASSWD": f"{user.name}:x:{user.uid}:{user.gid}:buildkit payload {recipe.name}:/var/empty"
         ":/sbin/nologin",
         "SERVICE_GROUP": f"{user.name}:x:{user.gid}:",
@@ -190,6 +244,32 @@ def template_values(recipe: Recipe, public_key: PublicKey, epoch: int) -> dict[s
             if boot.rng_module
             else ", ".join(boot.usercfg) or "see the board's documentation"
         ),
+        **attest_values(recipe),
+    }
+
+
+# What the attestation agent hashes on the boot media, besides the board's boot files.
+ATTEST_CARD_FILES = ("config.txt", "cmdline.txt", "usercfg.txt", layout.MANIFEST)
+
+
+def attest_values(recipe: Recipe) -> dict[str, str]:
+    """The attest feature's settings (the recipe's [attest] table); none without it."""
+    attest, boot = recipe.attest, recipe.target.boot
+    if attest is None:
+        return {}
+    _, address, port = attest.endpoint()
+    files = (boot.kernel, boot.initramfs, boot.modloop, *boot.dtbs, *ATTEST_CARD_FILES)
+    return {
+        "ATTEST_URL": attest.verifier.rstrip("/"),
+        "ATTEST_ADDRESS": address,
+        "ATTEST_FAMILY": "ip" if ipaddress.ip_address(address).version == 4 else "ip6",
+        "ATTEST_PORT": str(port),
+        "ATTEST_KEY": f"untrusted comment: attestation verifier public key\n{attest.verifier_key}",
+        "ATTEST_INTERVAL": str(attest.interval_s),
+        "ATTEST_POLICY": attest.policy,
+        "ATTEST_GRACE": str(attest.grace_s),
+        "ATTEST_IDENTITY": str(layout.card_identity_key(recipe.name)),
+        "ATTEST_FILES": shlex.quote(" ".join(sorted({*files, apkovl_name(recipe), image_name(recipe)}))),
     }
 
 
@@ -248,6 +328,10 @@ def egress_rules(recipe: Recipe) -> list[str]:
     for host in recipe.egress.telemetry:
         for family, addresses in by_family([host.address]):
             rules.append(f"{family} daddr {addresses} {host.proto} dport {host.port} accept")
+    if recipe.attest is not None:
+        _, address, port = recipe.attest.endpoint()
+        for family, addresses in by_family([address]):
+            rules.append(f"{family} daddr {addresses} tcp dport {port} accept")
     return rules
 
 
@@ -261,13 +345,16 @@ def render_text(template: str, values: dict[str, str], where: str) -> str:
 
 
 def render_overlay(
-    recipe: Recipe, public_key: PublicKey, epoch: int, features: tuple[Feature, ...] | None = None
+    recipe: Recipe,
+    trusted: PublicKey | Sequence[PublicKey],
+    epoch: int,
+    features: tuple[Feature, ...] | None = None,
 ) -> tuple[OverlayEntry, ...]:
     """The features rendered for `recipe` (by default those it selects): `.in` files and every path
     go through the placeholder renderer; other files are copied; then the runlevel links and the apk
     world they declare, and the payload's seccomp filter. Sorted by path, parents first. Two
     features may share directories but never a file."""
-    values = template_values(recipe, public_key, epoch)
+    values = template_values(recipe, trusted, epoch)
     features = selected_features(recipe.device.features) if features is None else features
     entries: dict[str, OverlayEntry] = {}
     for feature in features:
@@ -465,6 +552,7 @@ def build_manifest(
     payload_files: dict[str, dict[str, Any]],
     apkovl: Path,
     image: Path,
+    sbom: Path,
 ) -> dict[str, Any]:
     recipe, epoch = build.recipe, build.ctx.epoch
     return {
@@ -488,6 +576,12 @@ def build_manifest(
         },
         "overlay": overlay_entries(overlay),
         "payload": payload_files,
+        "sbom": {
+            "file": sbom.name,
+            "format": "CycloneDX 1.6",
+            "sha256": sha256_file(sbom),
+            "size": sbom.stat().st_size,
+        },
     }
 
 
@@ -513,10 +607,10 @@ SD card for @NAME@ @VERSION@ (hostname @HOSTNAME@), packaged by buildkit for @BO
          the overlay (configuration), unpacked by the initramfs over the RAM root
      @IMAGE@
          the payload image, mounted read-only at /srv/@NAME@ by the @NAME@ service
-     manifest.json, manifest.json.minisig
+     manifest.json, manifest.json.minisig (and manifest.json.<KEYID>.minisig, one per further key)
          the signed manifest the boot gates check
-   buildkit.pub is inside the overlay (/etc/buildkit/buildkit.pub); keep the copy from the output
-   directory to check a card on a laptop: minisign -Vm manifest.json -p buildkit.pub
+   The keys the device trusts are inside the overlay (/etc/buildkit/buildkit.pub); keep buildkit.pub
+   from the output directory to check a card on a laptop: minisign -Vm manifest.json -p buildkit.pub
 
 3. Secrets are provisioned on the card at flash time, never inside the overlay:
 @SECRET_LINES@

@@ -9,6 +9,8 @@ kind's module (buildkit/build/kinds.py), which says what it accepts.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import posixpath
@@ -125,7 +127,7 @@ class Firewall:
 @dataclass(frozen=True)
 class Gate:
     profile: str = DEFAULT_PROFILE
-    scan_code: bool = False
+    scan_code: bool = True  # false skips the code scan, for speed only: the report says so
     waivers: tuple[Waiver, ...] = ()
 
 
@@ -184,6 +186,50 @@ class Device:
     """Device components beyond the payload: overlay features (rootfs/features/<name>/)."""
 
     features: tuple[str, ...] = ()
+
+
+# [attest]: the device agent of rootfs/features/attest/ (README, "Remote attestation").
+ATTEST_FEATURE = "attest"
+ATTEST_BOUNDS = {"interval_s": (10, 86_400), "grace_s": (0, 7 * 86_400)}
+ATTEST_SCHEMES = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class Attest:
+    """Where the device reports what it booted, and what it does when no verdict comes."""
+
+    verifier: str  # http(s)://ADDRESS[:PORT]: an IP address, the firewall loads before DNS
+    verifier_key: str  # the verifier's minisign public key (the base64 line of its .pub file)
+    interval_s: int = 300  # between two reports, after the first one at boot
+    policy: Literal["fail_open", "fail_closed"] = "fail_closed"  # when no valid verdict comes
+    grace_s: int = 900  # fail_closed: how long without a valid verdict before the device quarantines itself
+
+    def validate(self) -> None:
+        check_bounds(self, ATTEST_BOUNDS)
+        self.endpoint()
+        try:
+            blob = base64.b64decode(self.verifier_key, validate=True)
+        except binascii.Error:
+            blob = b""
+        if len(blob) != 42 or blob[:2] != b"Ed":
+            raise Invalid("verifier_key", "expected a minisign public key: the base64 line of the verifier's .pub file")
+
+    def endpoint(self) -> tuple[str, str, int]:
+        """(scheme, address, port) of `verifier`; Invalid when it is not an http(s) URL of an IP address."""
+        match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[0-9.]+)(?::([0-9]{1,5}))?/?", self.verifier)
+        try:
+            if match is None:
+                raise ValueError
+            address = str(ipaddress.ip_address(match.group(2).strip("[]")))
+            port = int(match.group(3) or ATTEST_SCHEMES[match.group(1)])
+            if not 1 <= port <= 65535:
+                raise ValueError
+        except ValueError:
+            raise Invalid(
+                "verifier",
+                f"expected http(s)://IP-ADDRESS[:PORT] (the firewall loads before DNS), got {self.verifier!r}",
+            ) from None
+        return match.group(1), address, port
 
 
 # --- [smoke]: what `buildkit smoke` checks of this service, besides the platform checks ---------
@@ -319,6 +365,7 @@ class Recipe:
     gate: Gate = Gate()
     device: Device = Device()
     smoke: Smoke = Smoke()
+    attest: Attest | None = None
     # Set by the loader, not read from TOML.
     settings: Any = field(kw_only=True, metadata={"internal": True})  # the kind's table, as its module reads it
     target: Target = field(kw_only=True, metadata={"internal": True})  # the board of `gate.profile`
@@ -408,6 +455,7 @@ def check_recipe(recipe: Recipe, where: Where) -> None:
     _check_secrets(recipe, where.child("secrets"))
     _check_egress(recipe.egress, where.child("egress"))
     _check_device(recipe.device, where.child("device"))
+    _check_attest(recipe, where)
     check_smoke(recipe, where.child("smoke"))
     kind_module(recipe.kind).check(recipe, where.child(recipe.kind))
 
@@ -623,6 +671,21 @@ def _check_device(device: Device, where: Where) -> None:
                 .child(i)
                 .error(f"{name!r} is not a device feature; expected one of: {', '.join(sorted(known)) or 'none'}")
             )
+
+
+def _check_attest(recipe: Recipe, where: Where) -> None:
+    """The attest feature and its [attest] table come together."""
+    selected = ATTEST_FEATURE in recipe.device.features
+    if selected and recipe.attest is None:
+        index = recipe.device.features.index(ATTEST_FEATURE)
+        raise (
+            where.child("device")
+            .child("features")
+            .child(index)
+            .error("the attest feature needs an [attest] table (verifier, verifier_key)")
+        )
+    if recipe.attest is not None and not selected:
+        raise where.child("attest").error(f'an [attest] table needs "{ATTEST_FEATURE}" in device.features')
 
 
 def _normal_abspath(p: str) -> str | None:

@@ -1,109 +1,99 @@
-"""Ed25519 keys and signatures in minisign's file formats.
+"""minisign signatures, and choosing the keys that make them.
 
 The device (and anyone with a laptop) checks buildkit's signatures with the stock `minisign -V`, so
-the files are byte-compatible with minisign (jedisct1/minisign, src/minisign.h):
-
-* public key: base64("Ed" | keynum[8] | pk[32]);
-* secret key: base64("Ed" | kdf[2] | "B2" | salt[32] | opslimit_le64 | memlimit_le64 |
-  (keynum[8] | seed||pk[64] | BLAKE2b-256("Ed" | keynum | seed||pk)[32]) XOR scrypt stream), where
-  kdf is "Sc" (scrypt, the stream derived from the passphrase) or "\\0\\0" (unencrypted: no stream);
-* signature: "ED" prehashed form only — Ed25519 over BLAKE2b-512(data), then a global signature
-  over (signature | trusted comment) that makes the trusted comment tamper-proof.
+the files are byte-compatible with minisign (jedisct1/minisign, src/minisign.h): the "ED" prehashed
+form only — Ed25519 over BLAKE2b-512(data), then a global signature over (signature | trusted
+comment) that makes the trusted comment tamper-proof. The key that signs is a `Signer`
+(buildkit/keys/: a minisign key file, or a key in a PKCS#11 token named by a `pkcs11:` URI);
+Ed25519 is deterministic, so the bytes are the same whichever holds the key. The key formats live
+in buildkit.keys.minisign; this module re-exports them for its callers.
 
 Secrets never leave this module in a message: errors name files, key ids and what to do.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import getpass
 import hashlib
 import os
-import stat
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from buildkit.errors import UserError, VerificationFailed
 from buildkit.fsutil import source_date_epoch, write_bytes_atomic
+from buildkit.keys.minisign import (
+    INSECURE_KEY_ENV,
+    KEYNUM_BYTES,
+    PASSPHRASE_ENV,
+    SCRYPT_MEMLIMIT,
+    SCRYPT_OPSLIMIT,
+    SIG_ALG,
+    UNTRUSTED_PREFIX,
+    PublicKey,
+    SecretKey,
+    b64,
+    check_key_file_mode,
+    decode_b64,
+    key_id_text,
+    keygen,
+    load_public_key,
+    load_secret_key,
+    minisign_lines,
+    one_line,
+    read_passphrase,
+    read_text,
+    refuse_existing_keys,
+    scrypt_parameters,
+)
+from buildkit.keys.signer import Signer, open_signer
+from buildkit.layout import signature_name
 
-SIG_ALG = b"Ed"
+__all__ = [
+    "DEFAULT_PUBLIC_KEY",
+    "DEV_PUBLIC_KEY",
+    "DEV_SECRET_KEY",
+    "INSECURE_KEY_ENV",
+    "KEY_ENV",
+    "PASSPHRASE_ENV",
+    "SCRYPT_MEMLIMIT",
+    "SCRYPT_OPSLIMIT",
+    "PublicKey",
+    "SecretKey",
+    "Signature",
+    "Signer",
+    "check_key_file_mode",
+    "default_trusted_comment",
+    "key_id_text",
+    "keygen",
+    "load_public_key",
+    "load_secret_key",
+    "parse_signature",
+    "read_passphrase",
+    "refuse_existing_keys",
+    "resolve_signers",
+    "resolve_signing_key",
+    "scrypt_parameters",
+    "sign_bytes",
+    "sign_file",
+    "verify_bytes",
+    "verify_file",
+]
+
 SIG_ALG_PREHASHED = b"ED"
-KDF_SCRYPT = b"Sc"
-KDF_NONE = b"\0\0"
-CHK_BLAKE2B = b"B2"
-KEYNUM_BYTES = 8
-SALT_BYTES = 32
-PUBLIC_KEY_BYTES = len(SIG_ALG) + KEYNUM_BYTES + 32
-SECRET_HEADER_BYTES = 2 + 2 + 2 + SALT_BYTES + 8 + 8
-SECRET_PAYLOAD_BYTES = KEYNUM_BYTES + 64 + 32
-SECRET_KEY_BYTES = SECRET_HEADER_BYTES + SECRET_PAYLOAD_BYTES
-SIGNATURE_BYTES = len(SIG_ALG) + KEYNUM_BYTES + 64
+SIGNATURE_BYTES = len(SIG_ALG_PREHASHED) + KEYNUM_BYTES + 64
 
-# What `minisign -G` writes: libsodium's scryptsalsa208sha256 "sensitive" limits (N=2^20, r=8, p=1).
-SCRYPT_OPSLIMIT = 33554432
-SCRYPT_MEMLIMIT = 1073741824
-# hashlib.scrypt refuses maxmem >= 2^31; a key file asking for more cannot be opened here.
-SCRYPT_MAXMEM = 2**31 - 1
-
-UNTRUSTED_PREFIX = "untrusted comment: "
 TRUSTED_PREFIX = "trusted comment: "
 # minisign reads the trusted comment line into an 8192-byte buffer, prefix and newline included.
 MAX_TRUSTED_COMMENT_BYTES = 8192 - len(TRUSTED_PREFIX) - 2
-DEFAULT_KEY_COMMENT = "buildkit"
-# minisign reads a key's comment line into a 1024-byte buffer; a longer line breaks the file for it.
-MAX_KEY_COMMENT_BYTES = 900
 DEFAULT_PUBLIC_KEY = Path("buildkit.pub")
 
-KEY_ENV = "BUILDKIT_KEY"
-INSECURE_KEY_ENV = "BUILDKIT_ALLOW_INSECURE_KEY"  # "1": as --allow-insecure-key
-# A secret key file any of these bits is set on can be read (or replaced) by someone else.
-INSECURE_KEY_MODE = stat.S_IRWXG | stat.S_IRWXO
-PASSPHRASE_ENV = "BUILDKIT_KEY_PASSPHRASE"
+KEY_ENV = "BUILDKIT_KEY"  # a key file path or a pkcs11: URI
 DEV_SECRET_KEY = "buildkit-dev.key"
 DEV_PUBLIC_KEY = "buildkit-dev.pub"
-
-
-def key_id_text(keynum: bytes) -> str:
-    """How minisign prints a key id: the 8 bytes as a little-endian integer in upper-case hex."""
-    return f"{int.from_bytes(keynum, 'little'):016X}"
-
-
-@dataclass(frozen=True)
-class PublicKey:
-    keynum: bytes
-    key: Ed25519PublicKey
-
-    @property
-    def key_id(self) -> str:
-        return key_id_text(self.keynum)
-
-    def to_base64(self) -> str:
-        return _b64(SIG_ALG + self.keynum + self.key.public_bytes_raw())
-
-    def to_text(self, label: str = "minisign") -> str:
-        """The .pub file content, with minisign's own comment unless `label` replaces "minisign"."""
-        return f"{UNTRUSTED_PREFIX}{_one_line(label, 'key comment')} public key {self.key_id}\n{self.to_base64()}\n"
-
-
-@dataclass(frozen=True)
-class SecretKey:
-    keynum: bytes
-    private: Ed25519PrivateKey = field(repr=False)
-
-    @property
-    def key_id(self) -> str:
-        return key_id_text(self.keynum)
-
-    def public(self) -> PublicKey:
-        return PublicKey(self.keynum, self.private.public_key())
 
 
 @dataclass(frozen=True)
@@ -117,115 +107,6 @@ class Signature:
 
 
 # ---------------------------------------------------------------------------------------------
-# Keys
-
-
-def keygen(
-    secret_path: Path, public_path: Path, passphrase: bytes | None, comment: str = DEFAULT_KEY_COMMENT
-) -> PublicKey:
-    """A new key pair in minisign's formats; the secret key encrypted unless `passphrase` is None.
-
-    Neither file may exist already: an existing key is never overwritten, even partly.
-    """
-    refuse_existing_keys(secret_path, public_path)
-    if passphrase is not None and not passphrase:
-        raise UserError("empty passphrase for a new key: give a non-empty one, or use --unencrypted for CI")
-    key = SecretKey(os.urandom(KEYNUM_BYTES), Ed25519PrivateKey.generate())
-    if len(comment.encode()) > MAX_KEY_COMMENT_BYTES:
-        raise UserError(f"key comment is longer than {MAX_KEY_COMMENT_BYTES} bytes: shorten it")
-    state = "encrypted secret key" if passphrase is not None else "unencrypted secret key"
-    secret_text = (
-        f"{UNTRUSTED_PREFIX}{_one_line(comment, 'key comment')} {state}\n{_b64(_secret_key_blob(key, passphrase))}\n"
-    )
-    _create_new_file(secret_path, secret_text.encode(), 0o600)
-    public = key.public()
-    _create_new_file(public_path, public.to_text(comment).encode(), 0o644)
-    return public
-
-
-def refuse_existing_keys(*paths: Path) -> None:
-    for path in paths:
-        if path.exists() or path.is_symlink():
-            raise _key_exists(path)
-
-
-def _key_exists(path: Path) -> UserError:
-    return UserError(
-        f"key file {path} already exists: move it away or choose another path (buildkit never overwrites a key)"
-    )
-
-
-def load_secret_key(path: Path, passphrase: Callable[[], bytes] | None, allow_insecure: bool = False) -> SecretKey:
-    """Read a secret key file in minisign's format; `passphrase` is asked for only when the key is encrypted.
-    A file group or others may access is refused, as ssh does, unless `allow_insecure`."""
-    blob = _decode_key_file(_read_text(path, "secret key"), SECRET_KEY_BYTES, f"secret key {path}")
-    check_key_file_mode(path, allow_insecure)
-    sig_alg, kdf, chk_alg = blob[0:2], blob[2:4], blob[4:6]
-    salt = blob[6 : 6 + SALT_BYTES]
-    opslimit = int.from_bytes(blob[38:46], "little")
-    memlimit = int.from_bytes(blob[46:54], "little")
-    payload = blob[SECRET_HEADER_BYTES:]
-    if sig_alg != SIG_ALG or chk_alg != CHK_BLAKE2B:
-        raise UserError(f"secret key {path} is not a minisign Ed25519 key (algorithm {sig_alg!r}/{chk_alg!r})")
-    if kdf == KDF_SCRYPT:
-        if passphrase is None:
-            raise UserError(
-                f"secret key {path} is encrypted: give its passphrase with --passphrase-file, "
-                f"{PASSPHRASE_ENV} or on a terminal"
-            )
-        payload = _xor(payload, _scrypt_stream(passphrase(), salt, opslimit, memlimit, f"secret key {path}"))
-    elif kdf != KDF_NONE:
-        raise UserError(
-            f"secret key {path} uses an unknown key derivation {kdf!r}: only scrypt (Sc) "
-            "and unencrypted keys are supported"
-        )
-    keynum, sk, checksum = payload[:8], payload[8:72], payload[72:]
-    if checksum != _secret_checksum(keynum, sk):
-        # minisign 0.11 leaves the checksum of an unencrypted (-W) key all zero.
-        if kdf == KDF_SCRYPT:
-            raise UserError(f"wrong passphrase for secret key {path} (checksum mismatch)")
-        if any(checksum):
-            raise UserError(f"secret key {path} is corrupted (checksum mismatch): restore it from a backup")
-    private = Ed25519PrivateKey.from_private_bytes(sk[:32])
-    if private.public_key().public_bytes_raw() != sk[32:]:
-        raise UserError(f"secret key {path} is corrupted (its public half does not match): restore it from a backup")
-    return SecretKey(keynum, private)
-
-
-def check_key_file_mode(path: Path, allow_insecure: bool = False) -> None:
-    if allow_insecure or os.environ.get(INSECURE_KEY_ENV) == "1":
-        return
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        raise UserError(f"secret key {path} not found") from None
-    except OSError as exc:
-        raise UserError(f"secret key {path} cannot be read: {exc.strerror}") from None
-    if mode & INSECURE_KEY_MODE:
-        raise UserError(
-            f"secret key {path} has mode {mode:04o}: group or others may read it; "
-            f"`chmod 600 {path}` (or --allow-insecure-key / {INSECURE_KEY_ENV}=1 to use it anyway)"
-        )
-
-
-def load_public_key(path_or_text: Path | str) -> PublicKey:
-    """A public key from a .pub file (Path), its content, or the bare base64 line (`minisign -P`)."""
-    if isinstance(path_or_text, Path):
-        where = f"public key {path_or_text}"
-        blob = _decode_key_file(_read_text(path_or_text, "public key"), PUBLIC_KEY_BYTES, where)
-    else:
-        where, text = "public key", path_or_text.strip()
-        blob = (
-            _decode_key_file(text, PUBLIC_KEY_BYTES, where)
-            if "\n" in text
-            else _decode_b64(text, PUBLIC_KEY_BYTES, where)
-        )
-    if blob[:2] != SIG_ALG:
-        raise UserError(f"{where} is not a minisign Ed25519 public key (algorithm {blob[:2]!r})")
-    return PublicKey(blob[2:10], Ed25519PublicKey.from_public_bytes(blob[10:]))
-
-
-# ---------------------------------------------------------------------------------------------
 # Signatures
 
 
@@ -234,14 +115,15 @@ def default_trusted_comment(file_name: str) -> str:
     return f"timestamp:{source_date_epoch(default=int(time.time()))}\tfile:{file_name}\thashed"
 
 
-def sign_bytes(data: bytes, key: SecretKey, trusted_comment: str) -> str:
+def sign_bytes(data: bytes, key: Signer, trusted_comment: str) -> str:
     return _sign_prehash(hashlib.blake2b(data).digest(), key, trusted_comment)
 
 
-def sign_file(path: Path, key: SecretKey, trusted_comment: str | None = None) -> Path:
-    """Write `<path>.minisig` atomically; the default trusted comment is minisign's."""
+def sign_file(path: Path, key: Signer, trusted_comment: str | None = None, primary: bool = True) -> Path:
+    """Write `<path>.minisig` atomically (a further key's: `<path>.<KEYID>.minisig`, as for the manifest);
+    the default trusted comment is minisign's."""
     comment = default_trusted_comment(path.name) if trusted_comment is None else trusted_comment
-    signature_path = path.with_name(path.name + ".minisig")
+    signature_path = path.with_name(signature_name(key.key_id, primary, signed=path.name))
     write_bytes_atomic(signature_path, _sign_prehash(_blake2b_file(path), key, comment).encode())
     return signature_path
 
@@ -254,7 +136,7 @@ def verify_bytes(data: bytes, signature_text: str, key: PublicKey) -> str:
 def verify_file(path: Path, key: PublicKey, signature_path: Path | None = None) -> str:
     digest = _blake2b_file(path)
     signature_path = signature_path or path.with_name(path.name + ".minisig")
-    signature = parse_signature(_read_text(signature_path, "signature"), f"signature {signature_path}")
+    signature = parse_signature(read_text(signature_path, "signature"), f"signature {signature_path}")
     try:
         return _verify_prehash(digest, signature, key)
     except VerificationFailed as exc:
@@ -262,13 +144,13 @@ def verify_file(path: Path, key: PublicKey, signature_path: Path | None = None) 
 
 
 def parse_signature(text: str, where: str = "signature") -> Signature:
-    lines = _lines(text)
+    lines = minisign_lines(text)
     if len(lines) < 4 or not lines[0].startswith(UNTRUSTED_PREFIX) or not lines[2].startswith(TRUSTED_PREFIX):
         raise UserError(
             f"{where} is not a minisign signature (expected 4 lines: untrusted comment, "
             "signature, trusted comment, global signature)"
         )
-    blob = _decode_b64(lines[1], SIGNATURE_BYTES, f"{where} line 2")
+    blob = decode_b64(lines[1], SIGNATURE_BYTES, f"{where} line 2")
     if blob[:2] == SIG_ALG:
         raise UserError(
             f"{where} is a legacy non-prehashed ('Ed') signature: re-sign it with "
@@ -280,20 +162,33 @@ def parse_signature(text: str, where: str = "signature") -> Signature:
         keynum=blob[2:10],
         signature=blob[10:],
         trusted_comment=lines[2][len(TRUSTED_PREFIX) :],
-        global_signature=_decode_b64(lines[3], 64, f"{where} line 4"),
+        global_signature=decode_b64(lines[3], 64, f"{where} line 4"),
     )
 
 
-def _sign_prehash(digest: bytes, key: SecretKey, trusted_comment: str) -> str:
+def _sign_prehash(digest: bytes, key: Signer, trusted_comment: str) -> str:
     comment = _checked_trusted_comment(trusted_comment)
-    signature = key.private.sign(digest)
-    global_signature = key.private.sign(signature + comment.encode())
+    signature = key.sign(digest)
+    global_signature = key.sign(signature + comment.encode())
+    _check_own_signature(key, digest, signature)
     return (
         f"{UNTRUSTED_PREFIX}signature from buildkit secret key {key.key_id}\n"
-        f"{_b64(SIG_ALG_PREHASHED + key.keynum + signature)}\n"
+        f"{b64(SIG_ALG_PREHASHED + key.keynum + signature)}\n"
         f"{TRUSTED_PREFIX}{comment}\n"
-        f"{_b64(global_signature)}\n"
+        f"{b64(global_signature)}\n"
     )
+
+
+def _check_own_signature(key: Signer, digest: bytes, signature: bytes) -> None:
+    """A token's public key object is separate from its private key: a signature that its public key
+    does not verify (a mismatched pair, or a module that signs Ed25519ph) must never be shipped."""
+    try:
+        key.public().key.verify(signature, digest)
+    except InvalidSignature:
+        raise UserError(
+            f"key {key.key_id}: its signature does not verify with its own public key (in a token: the public "
+            "key object does not belong to the private key, or the module does not sign pure Ed25519)"
+        ) from None
 
 
 def _verify_prehash(digest: bytes, signature: Signature, key: PublicKey) -> str:
@@ -314,7 +209,7 @@ def _verify_prehash(digest: bytes, signature: Signature, key: PublicKey) -> str:
 
 
 def _checked_trusted_comment(comment: str) -> str:
-    _one_line(comment, "trusted comment")
+    one_line(comment, "trusted comment")
     if len(comment.encode()) > MAX_TRUSTED_COMMENT_BYTES:
         raise UserError(
             f"trusted comment is {len(comment.encode())} bytes: minisign reads at most "
@@ -324,38 +219,38 @@ def _checked_trusted_comment(comment: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Choosing the signing key
+# Choosing the signing keys
+
+
+def resolve_signers(
+    keys: Sequence[str | Path],
+    passphrase_file: Path | None,
+    dev_key_dir: Path | None,
+    allow_insecure: bool = False,
+) -> tuple[Signer, ...]:
+    """The keys named (paths or `pkcs11:` URIs), else the one in $BUILDKIT_KEY, else the development
+    key in `dev_key_dir`. The first is the primary signer (manifest.json.minisig); naming a key twice
+    is refused."""
+    named = list(keys) or ([os.environ[KEY_ENV]] if os.environ.get(KEY_ENV) else [])
+    if not named:
+        if dev_key_dir is None:
+            raise UserError(
+                f"no signing key: pass --key PATH|pkcs11:URI or set {KEY_ENV} (create one with `buildkit keygen`)"
+            )
+        return (_development_key(dev_key_dir, allow_insecure),)
+    signers = tuple(open_signer(name, passphrase_file, allow_insecure) for name in named)
+    ids = [signer.key_id for signer in signers]
+    twice = sorted({key_id for key_id in ids if ids.count(key_id) > 1})
+    if twice:
+        raise UserError(f"key {', '.join(twice)} is named more than once: give each signing key once")
+    return signers
 
 
 def resolve_signing_key(
-    key: Path | None, passphrase_file: Path | None, dev_key_dir: Path | None, allow_insecure: bool = False
-) -> SecretKey:
-    """The key named by `key` or $BUILDKIT_KEY; else the development key in `dev_key_dir`."""
-    named = key or (Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else None)
-    if named is not None:
-        return load_secret_key(named, lambda: read_passphrase(passphrase_file, f"secret key {named}"), allow_insecure)
-    if dev_key_dir is None:
-        raise UserError(f"no signing key: pass --key PATH or set {KEY_ENV} (create one with `buildkit keygen`)")
-    return _development_key(dev_key_dir, allow_insecure)
-
-
-def read_passphrase(passphrase_file: Path | None, what: str, confirm: bool = False) -> bytes:
-    """From a file (one line), $BUILDKIT_KEY_PASSPHRASE, or a prompt on the terminal."""
-    if passphrase_file is not None:
-        passphrase = _read_bytes(passphrase_file, "passphrase file").split(b"\n", 1)[0].rstrip(b"\r")
-        if not passphrase:
-            raise UserError(f"passphrase file {passphrase_file} is empty: put the passphrase on its first line")
-        return passphrase
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.fsencode(os.environ[PASSPHRASE_ENV])
-    if not sys.stdin.isatty():
-        raise UserError(
-            f"{what} needs a passphrase and there is no terminal to ask: use --passphrase-file or {PASSPHRASE_ENV}"
-        )
-    passphrase = getpass.getpass(f"Passphrase for {what}: ").encode()
-    if confirm and getpass.getpass("Passphrase (again): ").encode() != passphrase:
-        raise UserError("the two passphrases differ: run the command again")
-    return passphrase
+    key: str | Path | None, passphrase_file: Path | None, dev_key_dir: Path | None, allow_insecure: bool = False
+) -> Signer:
+    """The one key named by `key` or $BUILDKIT_KEY; else the development key in `dev_key_dir`."""
+    return resolve_signers([key] if key else [], passphrase_file, dev_key_dir, allow_insecure)[0]
 
 
 def _development_key(dev_key_dir: Path, allow_insecure: bool = False) -> SecretKey:
@@ -379,100 +274,7 @@ def _development_key(dev_key_dir: Path, allow_insecure: bool = False) -> SecretK
 
 
 # ---------------------------------------------------------------------------------------------
-# Encodings and files
-
-
-def _secret_key_blob(key: SecretKey, passphrase: bytes | None) -> bytes:
-    sk = key.private.private_bytes_raw() + key.private.public_key().public_bytes_raw()
-    payload = key.keynum + sk + _secret_checksum(key.keynum, sk)
-    if passphrase is None:
-        return SIG_ALG + KDF_NONE + CHK_BLAKE2B + bytes(SALT_BYTES + 16) + payload
-    salt = os.urandom(SALT_BYTES)
-    stream = _scrypt_stream(passphrase, salt, SCRYPT_OPSLIMIT, SCRYPT_MEMLIMIT, "new secret key")
-    limits = SCRYPT_OPSLIMIT.to_bytes(8, "little") + SCRYPT_MEMLIMIT.to_bytes(8, "little")
-    return SIG_ALG + KDF_SCRYPT + CHK_BLAKE2B + salt + limits + _xor(payload, stream)
-
-
-def _secret_checksum(keynum: bytes, sk: bytes) -> bytes:
-    return hashlib.blake2b(SIG_ALG + keynum + sk, digest_size=32).digest()
-
-
-def scrypt_parameters(opslimit: int, memlimit: int) -> tuple[int, int, int]:
-    """(N, r, p) as libsodium's crypto_pwhash_scryptsalsa208sha256 derives them (`pickparams`)."""
-    ops = max(opslimit, 32768)
-    r = 8
-    memory_bound = ops >= memlimit // 32
-    max_n = memlimit // (r * 128) if memory_bound else ops // (r * 4)
-    n_log2 = 1
-    while n_log2 < 63 and (1 << n_log2) <= max_n // 2:
-        n_log2 += 1
-    p = min((ops // 4) >> n_log2, 0x3FFFFFFF) // r if memory_bound else 1
-    return 1 << n_log2, r, p
-
-
-def _scrypt_stream(passphrase: bytes, salt: bytes, opslimit: int, memlimit: int, where: str) -> bytes:
-    n, r, p = scrypt_parameters(opslimit, memlimit)
-    needed = 128 * r * (n + p + 2)
-    if p < 1 or needed > SCRYPT_MAXMEM:
-        raise UserError(
-            f"{where} asks for scrypt N={n} r={r} p={p} (opslimit {opslimit}, memlimit "
-            f"{memlimit}), beyond what buildkit supports: re-encrypt it with minisign's defaults"
-        )
-    return hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=SECRET_PAYLOAD_BYTES)
-
-
-def _xor(data: bytes, stream: bytes) -> bytes:
-    return bytes(a ^ b for a, b in zip(data, stream, strict=True))
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _decode_b64(text: str, length: int, where: str) -> bytes:
-    try:
-        blob = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise UserError(f"{where}: malformed base64 (was the right file given?)") from None
-    if len(blob) != length:
-        raise UserError(f"{where}: {len(blob)} bytes where a minisign file has {length} (was the right file given?)")
-    return blob
-
-
-def _decode_key_file(text: str, length: int, where: str) -> bytes:
-    lines = _lines(text)
-    if len(lines) < 2 or not lines[0].startswith(UNTRUSTED_PREFIX):
-        raise UserError(
-            f"{where} is not a minisign key file (expected an 'untrusted comment:' line, then one base64 line)"
-        )
-    return _decode_b64(lines[1], length, f"{where} line 2")
-
-
-def _lines(text: str) -> list[str]:
-    """Lines as minisign's fgets sees them (str.splitlines would also split on U+2028 and friends)."""
-    return [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]
-
-
-def _one_line(text: str, what: str) -> str:
-    if any(c in text for c in "\r\n\0"):
-        raise UserError(f"{what} {text[:40]!r}...: must be a single line")
-    return text
-
-
-def _read_bytes(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} not found") from None
-    except OSError as exc:
-        raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from None
-
-
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return _read_bytes(path, what).decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {path} is not a text file: was the right file given?") from None
+# Files
 
 
 def _blake2b_file(path: Path) -> bytes:
@@ -486,24 +288,3 @@ def _blake2b_file(path: Path) -> bytes:
     except OSError as exc:
         raise UserError(f"file {path} cannot be read: {exc.strerror}") from None
     return digest.digest()
-
-
-def _create_new_file(dest: Path, data: bytes, mode: int) -> None:
-    """Write `dest` completely, then link it into place: atomic, and fails rather than overwrite."""
-    tmp_name = None
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp_name, dest)
-    except FileExistsError:
-        raise _key_exists(dest) from None
-    except OSError as exc:
-        raise UserError(f"cannot write {dest}: {exc.strerror}") from None
-    finally:
-        if tmp_name is not None:
-            os.unlink(tmp_name)

@@ -78,6 +78,10 @@ TOOLS: dict[str, Tool] = {
             ("--version",),
         ),
         Tool("busybox", "runs the boot scripts the way Alpine does", "apt-get install busybox", ("--help",)),
+        Tool("sfdisk", "writes the SD card image's partition table", "apt-get install fdisk", ("--version",)),
+        Tool("mkfs.vfat", "formats the SD card image's FAT32 partition", "apt-get install dosfstools", ("--help",)),
+        Tool("mmd", "creates directories in the card image (mtools)", "apt-get install mtools", ("--version",)),
+        Tool("mcopy", "copies the card's files into its image (mtools)", "apt-get install mtools", ("--version",)),
         Tool("ip", "network namespaces for smoke tests", "apt-get install iproute2", ("-V",)),
         Tool(
             "dockerd",

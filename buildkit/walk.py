@@ -26,6 +26,7 @@ import contextlib
 import functools
 import gzip
 import io
+import json
 import lzma
 import os
 import posixpath
@@ -37,10 +38,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 import zstandard
 
@@ -53,6 +54,7 @@ DEFAULT_MAX_MEMBERS = 200_000  # a minimal rootfs or a Pi payload has a few thou
 MAX_SYMLINK_HOPS = 40  # Linux's ELOOP limit
 MAX_DEPTH = 256  # directory levels in a member path; real root file systems stay under 20
 COPY_CHUNK = 1 << 20
+ELF_MAGIC = b"\x7fELF"
 UNSQUASHFS_TIMEOUT_S = 900
 
 # Archive kinds by content; the suffix only decides when the content is not recognised.
@@ -132,6 +134,8 @@ _HINTS = {
     "walk.conflict": "the archive gives one path two types, or puts a member under a file or a symlink; rebuild it",
     "walk.too_deep": f"nest directories at most {MAX_DEPTH} levels deep",
     "walk.unreadable": "make the file readable (unencrypted, a supported compression) and try again",
+    "walk.limits": "archives inside the input expand to more than BUILDKIT_MAX_EXTRACT in total: "
+    "raise it if the input is genuine",
 }
 _UNSAFE_KINDS = {
     "device": "a device node",
@@ -153,6 +157,7 @@ class ArtifactTree:
     is_tree: bool
     problems: tuple[Finding, ...]
     separator: str = "!"  # between display and a member: "!" inside an archive, "/" in a directory
+    platform: str | None = None  # a container image's os/architecture[/variant], from its config
 
     def display_path(self, rel: str) -> str:
         """How a report names `rel`: `img.tar.gz!usr/lib/x.so`, `out/payload/app/x`, or the file itself."""
@@ -182,6 +187,36 @@ class _Limits:
         )
 
 
+class ExtractLimitExceeded(UserError):
+    """Unpacking would pass the byte budget; `spent` and `limit` are the figures."""
+
+    def __init__(self, message: str, spent: int, limit: int) -> None:
+        super().__init__(message)
+        self.spent, self.limit = spent, limit
+
+
+class ExtractBudget:
+    """The bytes one input may unpack, its archives inside archives included (BUILDKIT_MAX_EXTRACT):
+    one budget is shared by every archive opened for that input, so that breadth cannot multiply it."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = _Limits.from_env().max_bytes if limit is None else limit
+        self.spent = 0
+
+    def charge(self, size: int, display: str) -> None:
+        self.spent += size
+        self.expect(self.spent, display)
+
+    def expect(self, total: int, display: str) -> None:
+        if total > self.limit:
+            raise ExtractLimitExceeded(
+                f"{display}: expands to more than {self.limit} bytes with the archives opened before it "
+                "(a decompression bomb?): set BUILDKIT_MAX_EXTRACT to allow more",
+                total,
+                self.limit,
+            )
+
+
 @dataclass(frozen=True)
 class _Member:
     """One archive entry, whatever the format: kind is file, dir, symlink, hardlink or an unsafe kind."""
@@ -194,14 +229,27 @@ class _Member:
 
 
 @contextlib.contextmanager
-def open_artifact(path: Path, display: str | None = None) -> Iterator[ArtifactTree]:
-    """The artifact at `path` as a tree of files; archives live in a private temp dir until exit."""
+def open_artifact(
+    path: Path, display: str | None = None, budget: ExtractBudget | None = None, platforms: Sequence[str] = ()
+) -> Iterator[ArtifactTree]:
+    """The artifact at `path` as a tree of files; archives live in a private temp dir until exit.
+    A container image (an OCI layout or a `docker save` archive, as a directory or an archive) is
+    its file system: its layers applied in order; of a multi-platform index, the first of
+    `platforms` it holds."""
     path = Path(path)
     shown = display or str(path)
+    budget = budget or ExtractBudget()
     if not os.path.lexists(path):
         raise UserError(f"{path}: no such file or directory: check the path")
     if path.is_dir():
-        yield _directory_tree(path.resolve(), shown)
+        if image_layout(path) is None:
+            yield _directory_tree(path.resolve(), shown)
+            return
+        workdir = Path(tempfile.mkdtemp(prefix="buildkit-walk-"))
+        try:
+            yield _image_tree(path.resolve(), workdir, shown, budget, platforms)
+        finally:
+            _remove_tree(workdir)
         return
     if not path.is_file():
         raise UserError(f"{path}: not a regular file, directory or archive: give a file, a tree or an archive")
@@ -212,26 +260,32 @@ def open_artifact(path: Path, display: str | None = None) -> Iterator[ArtifactTr
         return
     workdir = Path(tempfile.mkdtemp(prefix="buildkit-walk-"))
     try:
-        yield _extract(path, kind, workdir, shown)
+        yield _extract(path, kind, workdir, shown, budget, platforms)
     finally:
         _remove_tree(workdir)
 
 
 @contextlib.contextmanager
-def open_nested(path: Path, display: str) -> Iterator[ArtifactTree | None]:
+def open_nested(
+    path: Path, display: str, budget: ExtractBudget | None = None, platforms: Sequence[str] = ()
+) -> Iterator[ArtifactTree | None]:
     """A file inside a tree or archive that is itself an archive (by its content alone: a name
     proves nothing), as a tree of its own; a compressed stream that is not a tar is looked into
     too, so that an ELF hidden in `x.gz` is gated. None when it holds nothing to gate."""
     kind = _content_kind(path)
-    if kind is None:
+    head = _decompressed_head(path, kind) if kind in _DECOMPRESSORS and kind != "tar" else b""
+    single = bool(head) and head[257:262] != b"ustar"
+    # a compressed changelog or man page (a Debian tree has hundreds) costs no temporary directory
+    if kind is None or (single and not head.startswith(ELF_MAGIC)):
         yield None
         return
+    budget = budget or ExtractBudget()
     workdir = Path(tempfile.mkdtemp(prefix="buildkit-walk-"))
     try:
-        if kind in _DECOMPRESSORS and kind != "tar" and not _decompresses_to_tar(path, kind):
-            yield _decompressed_elf(path, kind, workdir, display)
+        if single:
+            yield _decompressed_elf(path, kind, workdir, display, budget)
         else:
-            yield _extract(path, kind, workdir, display)
+            yield _extract(path, kind, workdir, display, budget, platforms)
     finally:
         _remove_tree(workdir)
 
@@ -250,25 +304,12 @@ def _decompressed_head(path: Path, kind: str) -> bytes:
         raise UserError(f"{path}: a {_FORMAT_NAMES[kind]} that cannot be read: {_reason(exc)}") from None
 
 
-def _decompresses_to_tar(path: Path, kind: str) -> bool:
-    return _decompressed_head(path, kind)[257:262] == b"ustar"
-
-
-def _decompressed_elf(path: Path, kind: str, workdir: Path, display: str) -> ArtifactTree | None:
-    """The content of a compressed single file, when it is an ELF object (bounded like a member)."""
-    if not _decompressed_head(path, kind).startswith(b"\x7fELF"):
-        return None
-    limits = _Limits.from_env()
+def _decompressed_elf(path: Path, kind: str, workdir: Path, display: str, budget: ExtractBudget) -> ArtifactTree:
+    """The content of a compressed single ELF object (bounded like a member)."""
     target = workdir / path.name.rsplit(".", 1)[0]
     with open(path, "rb") as raw, _DECOMPRESSORS[kind](raw) as stream, open(target, "wb") as out:
-        copied = 0
         while chunk := stream.read(COPY_CHUNK):
-            copied += len(chunk)
-            if copied > limits.max_bytes:
-                raise UserError(
-                    f"{display}: decompresses to more than {limits.max_bytes} bytes "
-                    "(BUILDKIT_MAX_EXTRACT): a decompression bomb?"
-                )
+            budget.charge(len(chunk), display)
             out.write(chunk)
     return ArtifactTree(root=workdir, display=display, files=(target.name,), is_tree=False, problems=())
 
@@ -338,7 +379,7 @@ def _archive_kind(path: Path) -> str | None:
             head = fh.read(512)
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc.strerror}): check its permissions") from None
-    if head.startswith(b"\x7fELF"):
+    if head.startswith(ELF_MAGIC):
         return None
     for offset, magic, kind in _MAGIC:
         if head[offset : offset + len(magic)] == magic:
@@ -447,11 +488,12 @@ def _link_outside(where: str, member: _Member) -> Finding:
 # Archives: unpacked into a private directory, member by member.
 
 
-def _extract(path: Path, kind: str, workdir: Path, shown: str) -> ArtifactTree:
-    limits = _Limits.from_env()
+def _extract(
+    path: Path, kind: str, workdir: Path, shown: str, budget: ExtractBudget, platforms: Sequence[str] = ()
+) -> ArtifactTree:
     root = workdir / "root"
     root.mkdir()
-    extractor = _Extractor(root, shown, limits)
+    extractor = _Extractor(root, shown, _Limits.from_env(), budget)
     try:
         if kind == "zip":
             _read_zip(path, extractor)
@@ -466,7 +508,14 @@ def _extract(path: Path, kind: str, workdir: Path, shown: str) -> ArtifactTree:
             f"{path}: not a readable {_FORMAT_NAMES[kind]} ({_reason(exc)}): "
             "check that the file is complete and really of that format"
         ) from None
-    return extractor.finish()
+    tree = extractor.finish()
+    if image_layout(root) is None:
+        return tree
+    if tree.problems:  # an image whose own archive is unsafe is not unpacked further
+        return tree
+    image = workdir / "image"
+    image.mkdir()
+    return _image_tree(root, image, shown, budget, platforms)
 
 
 def _read_deb(path: Path, workdir: Path, extractor: _Extractor) -> None:
@@ -511,16 +560,16 @@ def _reason(exc: BaseException) -> str:
 class _Extractor:
     """Places members under `root`. Every safety check lives here, whatever the archive format."""
 
-    def __init__(self, root: Path, display: str, limits: _Limits) -> None:
+    def __init__(self, root: Path, display: str, limits: _Limits, budget: ExtractBudget) -> None:
         self.root = root
         self.display = display
         self.limits = limits
+        self.budget = budget
         self.entries: dict[str, str] = {}  # rel -> "dir" | "file", as extracted
         self.links: dict[str, str] = {}  # rel -> symlink target as stored; created by finish()
         self.dir_modes: dict[str, int] = {}
         self.problems: list[Finding] = []
         self.members = 0
-        self.bytes_written = 0
 
     def expect_members(self, count: int) -> None:
         if count > self.limits.max_members:
@@ -530,15 +579,10 @@ class _Extractor:
             )
 
     def charge(self, size: int) -> None:
-        self.bytes_written += size
-        self.expect_bytes(self.bytes_written)
+        self.budget.charge(size, self.display)
 
     def expect_bytes(self, total: int) -> None:
-        if total > self.limits.max_bytes:
-            raise UserError(
-                f"{self.display}: expands to more than {self.limits.max_bytes} bytes "
-                "(a decompression bomb?): set BUILDKIT_MAX_EXTRACT to allow more"
-            )
+        self.budget.expect(self.budget.spent + total, self.display)
 
     def add(self, member: _Member, read: Callable[[], IO[bytes]] | None = None) -> None:
         self.members += 1
@@ -844,3 +888,185 @@ def _run_unsquashfs(path: Path, command: list[str]) -> str:
             f"{path}: not a readable squashfs image ({printable(said[-1])}): check that the file is complete"
         )
     return done.stdout
+
+
+# Container images: an OCI image layout (oci-layout, index.json, blobs/) or a `docker save` archive
+# (manifest.json naming each image's config and layer tars). The tree is the image's file system:
+# its layers unpacked in order into one root, whiteouts honoured (OCI image-spec, layer.md:
+# `.wh.NAME` hides NAME of the layers below, `.wh..wh..opq` everything below in its directory).
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+MAX_IMAGE_JSON = 4 << 20  # an index, a manifest or a config; real ones are a few KB
+MAX_INDEX_DEPTH = 4  # an index may name another index (a multi-platform image in a layout)
+UNKNOWN_PLATFORM = "unknown/unknown"  # buildx's attestation manifests
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+
+
+def image_layout(root: Path) -> str | None:
+    """ "oci" or "docker" when the tree at `root` is a container image, else None."""
+    if (root / "oci-layout").is_file() and (root / "index.json").is_file():
+        return "oci"
+    manifest = root / "manifest.json"
+    if not manifest.is_file() or manifest.is_symlink() or manifest.stat().st_size > MAX_IMAGE_JSON:
+        return None
+    try:
+        entries = json.loads(manifest.read_bytes())
+    except ValueError:
+        return None
+    # buildkit's own output has a manifest.json too: an object, never a list of images
+    if isinstance(entries, list) and entries and all(isinstance(e, dict) and "Layers" in e for e in entries):
+        return "docker"
+    return None
+
+
+def _image_tree(
+    source: Path, workdir: Path, shown: str, budget: ExtractBudget, platforms: Sequence[str]
+) -> ArtifactTree:
+    try:
+        if image_layout(source) == "oci":
+            config, layers = _oci_image(source, shown, platforms)
+        else:
+            config, layers = _docker_image(source, shown)
+        platform = _platform_of(_image_json(source, config, shown))
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise UserError(f"{shown}: not a valid container image ({_reason(exc)} missing or malformed)") from None
+    root = workdir / "fs"
+    root.mkdir()
+    extractor = _LayerExtractor(root, shown, _Limits.from_env(), budget)
+    for layer in layers:
+        path = _image_file(source, layer, shown)
+        kind = _content_kind(path)
+        extractor.begin_layer()
+        try:
+            _read_tar(path, kind if kind in _DECOMPRESSORS else "tar", extractor)
+        except _CORRUPT_ARCHIVE_ERRORS as exc:
+            raise UserError(f"{shown}: layer {layer} is not a readable tar archive ({_reason(exc)})") from None
+    return replace(extractor.finish(), platform=platform)
+
+
+def _oci_image(source: Path, shown: str, platforms: Sequence[str]) -> tuple[str, list[str]]:
+    document = _image_json(source, "index.json", shown)
+    for _ in range(MAX_INDEX_DEPTH):
+        if document.get("mediaType") not in _INDEX_TYPES and "manifests" not in document:
+            return _blob(document["config"]["digest"]), [_blob(layer["digest"]) for layer in document["layers"]]
+        document = _image_json(source, _blob(_chosen_manifest(document, shown, platforms)["digest"]), shown)
+    raise UserError(f"{shown}: image indexes nested more than {MAX_INDEX_DEPTH} deep")
+
+
+def _chosen_manifest(index: dict, shown: str, platforms: Sequence[str]) -> dict:
+    """The one image of an index, or of a multi-platform index the first of `platforms` it holds."""
+    entries = [m for m in index["manifests"] if _platform_of(m.get("platform") or {"os": "-"}) != UNKNOWN_PLATFORM]
+    if len(entries) == 1:
+        return entries[0]
+    held = {_platform_of(m.get("platform") or {}): m for m in entries}
+    chosen = next((held[p] for p in platforms if p in held), None)
+    if chosen is None:
+        raise UserError(
+            f"{shown}: an image index of {len(entries)} images ({', '.join(sorted(held)) or 'no platforms'}) "
+            f"and none for {' or '.join(platforms) or 'the target'}: give the image for the board"
+        )
+    return chosen
+
+
+def _docker_image(source: Path, shown: str) -> tuple[str, list[str]]:
+    images = _image_json(source, "manifest.json", shown, list)
+    if len(images) != 1:
+        raise UserError(f"{shown}: a docker save archive of {len(images)} images: save one image per archive")
+    return str(images[0]["Config"]), [str(layer) for layer in images[0]["Layers"]]
+
+
+def _platform_of(document: dict) -> str:
+    """os/architecture[/variant], as `docker run --platform` spells it."""
+    parts = [str(document.get("os") or "unknown"), str(document.get("architecture") or "unknown")]
+    return "/".join(parts + ([str(document["variant"])] if document.get("variant") else []))
+
+
+def _blob(digest: object) -> str:
+    match = _DIGEST.fullmatch(str(digest))
+    if match is None:
+        raise KeyError(f"digest {printable(str(digest))[:80]!r}")
+    return f"blobs/sha256/{match.group(1)}"
+
+
+def _image_file(source: Path, rel: str, shown: str) -> Path:
+    """A file the image names, looked up inside the image's tree only."""
+    canonical = resolve_in_tree(rel, lambda p: _read_link(source / p))
+    path = source / canonical if canonical else None
+    if path is None or not path.is_file() or path.is_symlink():
+        raise UserError(f"{shown}: the image names {printable(rel)}, which it does not hold")
+    return path
+
+
+def _image_json(source: Path, rel: str, shown: str, kind: type = dict) -> Any:
+    path = _image_file(source, rel, shown)
+    if path.stat().st_size > MAX_IMAGE_JSON:
+        raise UserError(f"{shown}: {printable(rel)} is larger than {MAX_IMAGE_JSON} bytes: not an image document")
+    try:
+        document = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise UserError(f"{shown}: {printable(rel)} is not JSON ({_reason(exc)})") from None
+    if not isinstance(document, kind):
+        raise UserError(f"{shown}: {printable(rel)} is not a JSON {kind.__name__}")
+    return document
+
+
+class _LayerExtractor(_Extractor):
+    """Layers unpacked one over another: a later layer replaces what a lower one had at a path
+    (whatever the types), and its whiteouts remove what the lower layers had."""
+
+    def begin_layer(self) -> None:
+        self.this_layer: set[str] = set()
+
+    def add(self, member: _Member, read: Callable[[], IO[bytes]] | None = None) -> None:
+        parts = [part for part in member.name.split("/") if part not in ("", ".")]
+        rel = "/".join(parts)
+        if ".." in parts or member.name.startswith("/") or not parts:
+            super().add(member, read)  # reported there
+            return
+        parent, name = "/".join(parts[:-1]), parts[-1]
+        if name == OPAQUE_WHITEOUT:
+            self._hide_lower(parent, only_below=True)
+            return
+        if name.startswith(WHITEOUT_PREFIX):
+            self._hide_lower(posixpath.join(parent, name[len(WHITEOUT_PREFIX) :]))
+            return
+        for depth in range(1, len(parts)):
+            above = "/".join(parts[:depth])
+            if above in self.links or self.entries.get(above) == "file":
+                self._hide_lower(above)
+        existing = "symlink" if rel in self.links else self.entries.get(rel)
+        if existing is not None and not (existing == "dir" and member.kind == "dir"):
+            self._hide_lower(rel)
+        super().add(member, read)
+        self.this_layer.add(rel)
+
+    def _hide_lower(self, rel: str, only_below: bool = False) -> None:
+        """Remove what the layers below have at `rel` (or only under it), never this layer's own."""
+        if not only_below:
+            if rel in self.this_layer or (rel not in self.links and rel not in self.entries):
+                return
+            if rel in self.links:
+                del self.links[rel]
+                return
+            if self.entries[rel] == "file":  # the common case, a file a later layer replaces: no scan
+                del self.entries[rel]
+                os.unlink(self.root / rel)
+                return
+        prefix = f"{rel}/" if rel else ""
+        doomed = [
+            p
+            for p in [*self.entries, *self.links]
+            if p not in self.this_layer and ((p == rel and not only_below) or p.startswith(prefix) and p != rel)
+        ]
+        for path in sorted(doomed, key=lambda p: p.count("/"), reverse=True):
+            if path in self.links:
+                del self.links[path]
+            elif self.entries[path] == "file":
+                del self.entries[path]
+                os.unlink(self.root / path)
+            elif not any(p.startswith(f"{path}/") for p in [*self.entries, *self.links]):
+                del self.entries[path]
+                self.dir_modes.pop(path, None)
+                os.rmdir(self.root / path)

@@ -28,20 +28,24 @@ class LinkFacts:
     rel: str  # the object's path in the tree (POSIX, no leading '/')
     interpreter: str | None
     needed: tuple[str, ...]
-    search_paths: tuple[str, ...]  # DT_RPATH / DT_RUNPATH entries, $ORIGIN expanded
+    rpaths: tuple[str, ...]  # DT_RPATH / DT_RUNPATH entries as stored
     soname: str | None
     float_abi: str | None
+
+    @property
+    def search_paths(self) -> tuple[str, ...]:
+        """The run paths with $ORIGIN expanded to the object's directory in the tree."""
+        origin = "/" + posixpath.dirname(self.rel)
+        return tuple(p.replace("${ORIGIN}", origin).replace("$ORIGIN", origin) for p in self.rpaths)
 
 
 def link_facts(elf: ElfFile, rel: str, float_abi: str | None) -> LinkFacts:
     entries = _dynamic_entries(elf)
     string = _dynamic_strings(elf, entries)
-    paths = [p for tag, value in entries if tag in (DT_RPATH, DT_RUNPATH) for p in string(value).split(":") if p]
-    origin = "/" + posixpath.dirname(rel)
-    search = tuple(p.replace("${ORIGIN}", origin).replace("$ORIGIN", origin) for p in paths)
+    paths = tuple(p for tag, value in entries if tag in (DT_RPATH, DT_RUNPATH) for p in string(value).split(":") if p)
     soname = next((string(value) for tag, value in entries if tag == DT_SONAME), None)
     needed = tuple(string(value) for tag, value in entries if tag == DT_NEEDED)
-    return LinkFacts(rel, _interpreter(elf), needed, search, soname, float_abi)
+    return LinkFacts(rel, _interpreter(elf), needed, paths, soname, float_abi)
 
 
 def _interpreter(elf: ElfFile) -> str | None:

@@ -16,34 +16,46 @@ shows the filter drops nothing the full decode would flag.
 Code and data: mapping symbols ($a/$t/$d, aaelf32 "Mapping symbols") split a section into ARM,
 Thumb and data ranges when .symtab has them. Without them (stripped binaries, Go) a section is
 read in the state of most of its STT_FUNC symbols (Thumb bit in the value; ARM when there are
-none), the functions of the other state in theirs, and words that a PC-relative load or an ADR
-reads (literal pools, constants) count as data. The result is evidence with addresses and
-symbols, not proof.
+none), the functions of the other state in theirs, and these count as data: words that a
+PC-relative load or an ADR reads (literal pools, constants); a table between its address and the
+code that computes it from the PC (`sub r3, pc, #8; sub r10, r3, #1344`: OpenSSL's AES and SHA
+tables); the case addresses after a `ldrls pc, [pc, rI, lsl #2]`; NUL-terminated text. The result
+is evidence with addresses and symbols, not proof.
+
+Runtime dispatch (verify/dispatch/*.toml, coderules.DispatchRule): a hit in code that only runs
+after a runtime CPU check (by symbol, by the library's soname, or by the helper's own bytes) is
+counted apart, as dispatched, and never as a violation. The scan is bounded: overlapping
+executable sections are read once, and more code or time than the profile's max_scan_bytes /
+max_scan_seconds stops it with `limit` set.
 """
 
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import re
 import struct
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache, cached_property, partial
 from itertools import pairwise
 from typing import Any, NamedTuple
 
 import capstone
 from capstone import arm_const
 
-from buildkit.archgate.coderules import GROUP_RULES, CodeRules
+from buildkit.archgate.coderules import GROUP_RULES, CodeHit, CodeRules, DispatchedHits, DispatchRule
 
 MAX_HITS_PER_OBJECT = 200
+DISPATCH_EXAMPLES = 5
 
 GROUP_NAMES: Mapping[int, str] = {
     value: name.removeprefix("ARM_GRP_") for name, value in vars(arm_const).items() if name.startswith("ARM_GRP_")
 }
 
 ARM, THUMB, DATA = "arm", "thumb", "data"
+UNKNOWN = "unknown"  # a nameless function's state before its bytes are read
 
 # Encodings Capstone does not group correctly, as (mask, value) on the ARM word; the Thumb-2
 # VFP forms are the same 32 bits with hw1 in the top half.
@@ -63,31 +75,20 @@ D_REGISTER = re.compile(r"\b([dq])(\d+)\b")
 
 
 @dataclass(frozen=True)
-class CodeHit:
-    """One instruction the target cannot run. `symbol` is the enclosing function (from .symtab or
-    .dynsym; None when none encloses it), `groups` are Capstone's group names for it."""
-
-    rule: str
-    address: int
-    section: str
-    state: str
-    mnemonic: str
-    op_str: str
-    symbol: str | None
-    symbol_offset: int
-    groups: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class CodeScanResult:
-    """`hits` in address order, at most MAX_HITS_PER_OBJECT of `total_hits`. `undecoded_words`
-    counts candidate words Capstone could not decode (data, or undefined encodings)."""
+    """`hits` in address order, at most MAX_HITS_PER_OBJECT of `total_hits`; runtime-dispatched
+    hits are in `dispatched` only. `undecoded_words` counts candidate words Capstone could not
+    decode (data, or undefined encodings). `limit` says which bound stopped the scan (its
+    figures in `limit_evidence`): then the hits are only what was found before it."""
 
     hits: tuple[CodeHit, ...]
     total_hits: int
     bytes_scanned: int
     used_mapping_symbols: bool
     undecoded_words: int
+    dispatched: tuple[DispatchedHits, ...] = ()
+    limit: str | None = None
+    limit_evidence: dict[str, int] = field(default_factory=dict)
 
 
 # --- the pre-filter: regular expressions over little-endian code ----------------------------------
@@ -306,15 +307,18 @@ class _SectionSymbols:
 
 
 def _executable_regions(elf: Any) -> list[_Region]:
-    regions = [
-        _Region(section.name, section["sh_addr"], section.data(), index)
-        for index, section in enumerate(elf.iter_sections())
-        if section["sh_flags"] & SHF_EXECINSTR
-        and section["sh_type"] != "SHT_NOBITS"
-        and section.name not in SKIPPED_SECTIONS
-    ]
-    if regions or elf.num_sections():
-        return regions
+    sections = sorted(
+        (
+            (section["sh_addr"], index, section)
+            for index, section in enumerate(elf.iter_sections())
+            if section["sh_flags"] & SHF_EXECINSTR
+            and section["sh_type"] != "SHT_NOBITS"
+            and section.name not in SKIPPED_SECTIONS
+        ),
+        key=lambda entry: entry[:2],
+    )
+    if sections or elf.num_sections():
+        return list(_without_overlaps(sections))
     headers_end = elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"]
     return [
         _Region(
@@ -327,6 +331,21 @@ def _executable_regions(elf: Any) -> list[_Region]:
         for index, segment in enumerate(elf.iter_segments())
         if segment["p_type"] == "PT_LOAD" and segment["p_flags"] & PF_X
     ]
+
+
+def _without_overlaps(sections: list[tuple[int, int, Any]]) -> Iterator[_Region]:
+    """Sections in address order, each cut to the part no earlier one covered: code that two
+    section headers claim is read and scanned once (a hostile object has 150,000 such headers)."""
+    covered = -1
+    for address, index, section in sections:
+        end = address + section["sh_size"]
+        if end <= covered:
+            continue
+        skip = max(0, covered - address)
+        section.stream.seek(section["sh_offset"] + skip)
+        data = section.stream.read(section["sh_size"] - skip)
+        yield _Region(section.name, address + skip, data, index)
+        covered = end
 
 
 def _read_symbols(elf: Any) -> dict[int, _SectionSymbols]:
@@ -349,10 +368,45 @@ def _read_symbols(elf: Any) -> dict[int, _SectionSymbols]:
                 by_section.setdefault(shndx, _SectionSymbols()).mapping.append(
                     (value, MAPPING_STATES[strtab[name : name + 2]])
                 )
+    _add_unwound_functions(elf, by_section)
     for symbols in by_section.values():
         symbols.functions.sort(key=lambda f: (f.start, -f.size))
         symbols.mapping.sort(key=lambda m: m[0])
     return by_section
+
+
+NO_NAME = b"\0"
+
+
+def _add_unwound_functions(elf: Any, by_section: dict[int, _SectionSymbols]) -> None:
+    """A stripped object's unwind index still says where functions start (each .ARM.exidx entry
+    opens with a PREL31 offset to one; GNU ld merges neighbours with the same unwind data), and so
+    does the entry point (its Thumb bit gives its state). Functions no symbol names are added,
+    nameless; their state is read from their bytes (_resolve_states) when the scan has them."""
+    executable = [
+        (section["sh_addr"], section["sh_addr"] + section["sh_size"], index)
+        for index, section in enumerate(elf.iter_sections())
+        if section["sh_flags"] & SHF_EXECINSTR
+    ]
+    known = {index: {f.start for f in symbols.functions} for index, symbols in by_section.items()}
+    for target in (elf["e_entry"], *_unwind_index_targets(elf)):
+        start = target & ~1
+        index = next((i for low, high, i in executable if low <= start < high), None)
+        if index is None or start in known.setdefault(index, set()):
+            continue
+        known[index].add(start)
+        by_section.setdefault(index, _SectionSymbols()).functions.append(
+            _Function(start, 0, NO_NAME, 0, THUMB if target & 1 and target == elf["e_entry"] else UNKNOWN)
+        )
+
+
+def _unwind_index_targets(elf: Any) -> Iterator[int]:
+    for table in elf.iter_sections():
+        if table["sh_type"] != "SHT_ARM_EXIDX":
+            continue
+        data = table.data()
+        for number, (offset, _) in enumerate(struct.iter_unpack("<II", data[: len(data) - len(data) % 8])):
+            yield (table["sh_addr"] + 8 * number + (offset & 0x7FFFFFFF) - (offset & 0x40000000) * 2) & 0xFFFFFFFF
 
 
 def _is_mapping_symbol(strtab: bytes, offset: int) -> bool:
@@ -370,6 +424,49 @@ def _mapped_ranges(region: _Region, marks: list[tuple[int, str]]) -> list[tuple[
         if start < end:
             ranges.append((start, end, state))
     return ranges
+
+
+MIN_WORDS_TO_JUDGE = 8
+MAX_THUMB_AL_SHARE = 0.25  # GCC's ARM code is mostly AL-conditioned (0xE...); Thumb-1 read as words is not
+MAX_THUMB_ODD_PREFIXES = 0.02  # 32-bit Thumb prefixes other than BL pairs: only literal pools, in Thumb-1
+THUMB_BX_LR = 0x4770
+THUMB_POP_PC = 0xBD  # high byte of `pop {..., pc}`
+
+
+def _resolve_states(region: _Region, symbols: _SectionSymbols) -> None:
+    """The state of each nameless function, from its bytes up to the next function: ARM code has
+    the AL condition (top nibble 0xE) in most words; Thumb-1 read as words rarely does, returns
+    with `bx lr` or `pop {..., pc}`, and has no 32-bit encodings but BL pairs."""
+    starts = symbols.function_starts
+    end_of_region = region.address + len(region.data)
+    for i, function in enumerate(symbols.functions):
+        if function.state != UNKNOWN:
+            continue
+        end = _next_start(starts, function.start, end_of_region)
+        body = region.data[max(0, function.start - region.address) : max(0, end - region.address)]
+        high_bytes = body[3::4]
+        always = sum(high_bytes.count(bytes((b,))) for b in range(0xE0, 0xF0))
+        thumb = (
+            len(high_bytes) >= MIN_WORDS_TO_JUDGE
+            and always <= MAX_THUMB_AL_SHARE * len(high_bytes)
+            and _reads_as_thumb1(body)
+        )
+        symbols.functions[i] = function._replace(state=THUMB if thumb else ARM)
+
+
+def _reads_as_thumb1(body: bytes) -> bool:
+    halfwords = struct.unpack_from(f"<{len(body) // 2}H", body)
+    returns = odd = index = 0
+    while index < len(halfwords):
+        halfword = halfwords[index]
+        returns += halfword == THUMB_BX_LR or halfword >> 8 == THUMB_POP_PC
+        if halfword >> 11 in (0x1D, 0x1E, 0x1F):
+            is_bl = halfword >> 11 == 0x1E and index + 1 < len(halfwords) and halfwords[index + 1] >> 11 in (0x1D, 0x1F)
+            odd += not is_bl
+            index += 2 if is_bl else 1
+            continue
+        index += 1
+    return returns > 0 and odd <= MAX_THUMB_ODD_PREFIXES * len(halfwords)
 
 
 def _unmapped_ranges(region: _Region, symbols: _SectionSymbols | None) -> list[tuple[int, int, str]]:
@@ -481,17 +578,77 @@ def _candidates(region: _Region, ranges: list[tuple[int, int, str]]) -> list[_Ca
     return found
 
 
-def _pc_relative_data(region: _Region, ranges: list[tuple[int, int, str]]) -> set[int]:
-    """Addresses of the words (Thumb: halfwords) that PC-relative loads and ADR read."""
+def _pc_relative_data(region: _Region, ranges: list[tuple[int, int, str]], starts: list[int]) -> set[int]:
+    """Addresses of the words (Thumb: halfwords) that PC-relative loads and ADR read, and of the
+    tables behind the code that computes their address from the PC."""
     data: set[int] = set()
     for start, end, state in _code_ranges(region, ranges):
-        pattern, targets = (
-            (ARM_PC_RELATIVE, _arm_literal_words) if state == ARM else (THUMB_PC_RELATIVE, _thumb_literal_halfwords)
-        )
+        pattern = ARM_PC_RELATIVE if state == ARM else THUMB_PC_RELATIVE
         for match in pattern.finditer(region.data, start, end):
-            if match.group(1) is not None:
-                data.update(targets(region.address + match.start(1), int.from_bytes(match.group(1), "little")))
+            if match.group(1) is None:
+                continue
+            offset, word = match.start(1), int.from_bytes(match.group(1), "little")
+            if state != ARM:
+                data.update(_thumb_literal_halfwords(region.address + offset, word))
+                continue
+            data.update(_arm_literal_words(region.address + offset, word))
+            data.update(_tables_before(region, offset, word, starts))
     return data
+
+
+MAX_TABLE_BYTES = 4096  # OpenSSL's AES_Te/AES_Td with their S-boxes are 1,344 bytes
+DERIVED_WINDOW = 8  # instructions after an ADR in which `add/sub rB, rA, #imm` derives a table address
+ARM_ADD_IMMEDIATE, ARM_SUB_IMMEDIATE = 0x02800000, 0x02400000
+ARM_DATA_IMMEDIATE_OPCODE = 0x0FE00000
+
+
+def _tables_before(region: _Region, offset: int, word: int, starts: list[int]) -> Iterator[int]:
+    """The words of a table that lies before the code that addresses it from the PC: an ADR (ADD/SUB
+    Rd, PC, #c) and any `add/sub rB, Rd, #c` just after it point back at the table, which then runs
+    up to that code (CRYPTOGAMS' `sub r3, pc, #8; sub r10, r3, #AES_encrypt-AES_Te`), at most
+    MAX_TABLE_BYTES and never into a function a symbol names."""
+    address = region.address + offset
+    base = _arm_adr_target(address, word)
+    if base is None:
+        return
+    for target in (base, *_derived_addresses(region.data, offset, word >> 12 & 0xF, base)):
+        if not region.address <= target < address or target in starts:
+            continue
+        end = min(address, target + MAX_TABLE_BYTES, _next_start(starts, target, address))
+        yield from range(target, end, 4)
+
+
+def _derived_addresses(data: bytes, offset: int, register: int, base: int) -> Iterator[int]:
+    """base +- c for each `add/sub rB, r<register>, #c` in the few instructions after `offset`,
+    until something else writes the register."""
+    for at in range(offset + 4, min(offset + 4 * (DERIVED_WINDOW + 1), len(data) - 3), 4):
+        word = int.from_bytes(data[at : at + 4], "little")
+        if word >> 28 == 0xF:
+            return
+        opcode = word & ARM_DATA_IMMEDIATE_OPCODE
+        if opcode in (ARM_ADD_IMMEDIATE, ARM_SUB_IMMEDIATE) and word >> 16 & 0xF == register:
+            immediate = _arm_immediate(word)
+            yield (base + immediate if opcode == ARM_ADD_IMMEDIATE else base - immediate) & ~3
+        if word >> 12 & 0xF == register and word & 0x0C000000 == 0:  # a data-processing write to it
+            return
+
+
+TEXT_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+MIN_TEXT_RUN = 12
+
+
+def _in_text(data: bytes, offset: int) -> bool:
+    """The word at `offset` lies in a run of at least MIN_TEXT_RUN printable bytes that a NUL ends
+    (CRYPTOGAMS' `.asciz "... by <appro@openssl.org>"` in .text)."""
+    end = offset
+    while end < len(data) and data[end] in TEXT_BYTES:
+        end += 1
+    if end < offset + 4 or end >= len(data) or data[end] != 0:
+        return False
+    start = offset
+    while start > 0 and data[start - 1] in TEXT_BYTES:
+        start -= 1
+    return end - start >= MIN_TEXT_RUN
 
 
 def _jump_table_words(region: _Region, ranges: list[tuple[int, int, str]]) -> set[int]:
@@ -505,11 +662,24 @@ def _jump_table_words(region: _Region, ranges: list[tuple[int, int, str]]) -> se
             if match.group(1) is None:
                 continue
             offset, word = match.start(1), int.from_bytes(match.group(1), "little")
+            if word >> 28 != CONDITION_LS:
+                continue
             cases = _bounding_compare(region.data, offset, word & 0xF)
-            if word >> 28 == CONDITION_LS and cases is not None:
-                table = region.address + offset + 8
-                data.update(range(table, min(table + 4 * (cases + 1), region.address + end), 4))
+            entries = max(cases + 1 if cases is not None else 0, _case_addresses(region, offset + 8, end))
+            table = region.address + offset + 8
+            data.update(range(table, min(table + 4 * entries, region.address + end), 4))
     return data
+
+
+def _case_addresses(region: _Region, offset: int, end: int) -> int:
+    """How many words from `offset` on are addresses inside the region: a table's case addresses,
+    when the bound on the index is not found (loaded from a pool further back, say)."""
+    count, low, high = 0, region.address, region.address + len(region.data)
+    for at in range(offset, end - 3, 4):
+        if not low <= int.from_bytes(region.data[at : at + 4], "little") < high:
+            break
+        count += 1
+    return count
 
 
 def _bounding_compare(data: bytes, offset: int, register: int) -> int | None:
@@ -527,8 +697,8 @@ def _bounding_compare(data: bytes, offset: int, register: int) -> int | None:
 
 
 def _literal_in(data: bytes, offset: int, register: int) -> int | None:
-    """The pool word an `ldr rR, [pc, #imm]` among the eight words before `offset` loads into rR."""
-    for back in range(offset - 4, max(offset - 36, -1), -4):
+    """The pool word an `ldr rR, [pc, #imm]` among the sixteen words before `offset` loads into rR."""
+    for back in range(offset - 4, max(offset - 68, -1), -4):
         word = int.from_bytes(data[back : back + 4], "little")
         if word & 0x0F7F0000 == 0x051F0000 and word >> 12 & 0xF == register and word >> 28 != 0xF:
             target = back + 8 + (word & 0xFFF if word & (1 << 23) else -(word & 0xFFF))
@@ -586,32 +756,123 @@ def _hit(
     )
 
 
-def scan_elf(elf: Any, rules: CodeRules) -> CodeScanResult:
-    """Scan every executable section of a 32-bit ARM ELF (an `elftools.elf.elffile.ELFFile`)."""
+class _Dispatch:
+    """Which runtime-dispatch rule, if any, covers a hit; hits per (rule, code rule) counted here."""
+
+    def __init__(self, rules: tuple[DispatchRule, ...], soname: str | None) -> None:
+        self.by_soname = [r for r in rules if soname is not None and soname in r.sonames]
+        self.by_symbol = [r for r in rules if r.symbols]
+        self.by_signature = [(r, sig.pattern) for r in rules for sig in r.signatures]
+        self.counts: dict[tuple[str, str], int] = {}
+        self.examples: dict[tuple[str, str], list[CodeHit]] = {}
+        self.rules = {r.id: r for r in rules}
+
+    def rule_for(self, candidate: _Candidate, rule: str, region: _Region, symbol: str | None) -> DispatchRule | None:
+        for dispatch in self.by_soname:
+            if rule in dispatch.rules:
+                return dispatch
+        if symbol is not None:
+            for dispatch in self.by_symbol:
+                if rule in dispatch.rules and any(fnmatch.fnmatchcase(symbol, glob) for glob in dispatch.symbols):
+                    return dispatch
+        if candidate.state == ARM:
+            for dispatch, pattern in self.by_signature:
+                if rule in dispatch.rules and _inside_signature(region, candidate.address, pattern):
+                    return dispatch
+        return None
+
+    def add(self, dispatch: DispatchRule, rule: str, hit: Callable[[], CodeHit]) -> None:
+        """Count a hit; only the first few are decoded again for the report."""
+        key = (dispatch.id, rule)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        examples = self.examples.setdefault(key, [])
+        if len(examples) < DISPATCH_EXAMPLES:
+            examples.append(hit())
+
+    def result(self) -> tuple[DispatchedHits, ...]:
+        return tuple(
+            DispatchedHits(
+                rule_id,
+                self.rules[rule_id].reason,
+                self.rules[rule_id].source,
+                rule,
+                count,
+                tuple(self.examples[(rule_id, rule)]),
+            )
+            for (rule_id, rule), count in sorted(self.counts.items())
+        )
+
+
+def _inside_signature(region: _Region, address: int, pattern: tuple[tuple[int, int], ...]) -> bool:
+    """The word at `address` is one of the signature's, and the whole signature is there around it."""
+    offset = address - region.address
+    word = int.from_bytes(region.data[offset : offset + 4], "little")
+    for index, (mask, value) in enumerate(pattern):
+        first = offset - 4 * index
+        if word & mask != value or first < 0 or first + 4 * len(pattern) > len(region.data):
+            continue
+        words = struct.unpack_from(f"<{len(pattern)}I", region.data, first)
+        if all(w & m == v for w, (m, v) in zip(words, pattern, strict=True)):
+            return True
+    return False
+
+
+def _symbol_name(symbols: _SectionSymbols | None, address: int) -> str | None:
+    return _enclosing_function(symbols, address)[0]
+
+
+def scan_elf(elf: Any, rules: CodeRules, soname: str | None = None) -> CodeScanResult:
+    """Scan every executable section of a 32-bit ARM ELF (an `elftools.elf.elffile.ELFFile`);
+    `soname` (its DT_SONAME) lets the dispatch rules that name a library apply."""
     if elf["e_machine"] != "EM_ARM" or elf.elfclass != 32:
         raise ValueError(f"the code scan reads 32-bit ARM code, not {elf['e_machine']} ELFCLASS{elf.elfclass}")
     verdicts = _Verdicts(rules)
+    dispatch = _Dispatch(rules.dispatch, soname)
     symbols = _read_symbols(elf)
     hits: list[CodeHit] = []
     total = scanned = 0
     used_mapping = False
+    limit, limit_evidence = None, {}
+    started = time.monotonic()
     for region in _executable_regions(elf):
         section_symbols = symbols.get(region.section_index) if region.section_index is not None else None
         marks = section_symbols.mapping if section_symbols else []
+        if section_symbols and not marks:
+            _resolve_states(region, section_symbols)
         ranges = _mapped_ranges(region, marks) if marks else _unmapped_ranges(region, section_symbols)
         used_mapping |= bool(marks)
         scanned += _code_bytes(ranges)
+        if scanned > rules.max_scan_bytes:
+            limit, limit_evidence = "bytes", {"code_bytes": scanned, "limit": rules.max_scan_bytes}
+            break
         flagged = [(c, rule) for c in _candidates(region, ranges) if (rule := verdicts.rule_for(c.state, c.code))]
         if flagged and not marks:
-            literal = _pc_relative_data(region, ranges) | _jump_table_words(region, ranges)
-            flagged = [(c, rule) for c, rule in flagged if c.address not in literal]
-        total += len(flagged)
-        room = max(0, MAX_HITS_PER_OBJECT - len(hits))
-        hits += [_hit(rule, c, region, section_symbols, rules) for c, rule in flagged[:room]]
+            starts = section_symbols.function_starts if section_symbols else []
+            literal = _pc_relative_data(region, ranges, starts) | _jump_table_words(region, ranges)
+            flagged = [
+                (c, rule)
+                for c, rule in flagged
+                if c.address not in literal and not _in_text(region.data, c.address - region.address)
+            ]
+        for candidate, rule in flagged:
+            covering = dispatch.rule_for(candidate, rule, region, _symbol_name(section_symbols, candidate.address))
+            if covering is not None:
+                dispatch.add(covering, rule, partial(_hit, rule, candidate, region, section_symbols, rules))
+                continue
+            total += 1
+            if len(hits) < MAX_HITS_PER_OBJECT:
+                hits.append(_hit(rule, candidate, region, section_symbols, rules))
+        elapsed = time.monotonic() - started
+        if elapsed > rules.max_scan_seconds:
+            limit, limit_evidence = "seconds", {"seconds": round(elapsed), "limit": rules.max_scan_seconds}
+            break
     return CodeScanResult(
         hits=tuple(hits),
         total_hits=total,
         bytes_scanned=scanned,
         used_mapping_symbols=used_mapping,
         undecoded_words=verdicts.undecoded,
+        dispatched=dispatch.result(),
+        limit=limit,
+        limit_evidence=limit_evidence,
     )

@@ -75,6 +75,14 @@ class TruncatedObject(ElfParseError):
     """A header table, section or segment runs past the end of the file."""
 
 
+class TooManySections(ElfParseError):
+    """More section headers than the gate reads (a hostile object: real ones have tens)."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"{count} sections; the gate reads at most {limit}")
+        self.count, self.limit = count, limit
+
+
 @dataclass(frozen=True)
 class Section:
     index: int
@@ -136,8 +144,9 @@ _SEGMENT_FORMATS = {32: "IIIIIIII", 64: "IIQQQQQQ"}
 EI_NIDENT = 16
 
 
-def open_elf(stream: BinaryIO, file_size: int) -> ElfFile:
-    """Read the header and both tables of the ELF object in `stream`; ElfParseError if they are bad."""
+def open_elf(stream: BinaryIO, file_size: int, max_sections: int | None = None) -> ElfFile:
+    """Read the header and both tables of the ELF object in `stream`; ElfParseError if they are bad
+    (TooManySections before building more than `max_sections` of them)."""
     ident = stream.read(EI_NIDENT)
     if len(ident) < EI_NIDENT or ident[4] not in ELF_CLASSES or ident[5] not in ELF_DATA:
         raise ElfParseError(f"bad ELF identification {ident[4:6].hex() or 'missing'} (class, data)")
@@ -162,7 +171,9 @@ def open_elf(stream: BinaryIO, file_size: int) -> ElfFile:
         (),
         (),
     )
-    sections = _read_sections(elf, order + _SECTION_FORMATS[elfclass], shoff, shnum, shentsize, shstrndx, file_size)
+    sections = _read_sections(
+        elf, order + _SECTION_FORMATS[elfclass], shoff, shnum, shentsize, shstrndx, file_size, max_sections
+    )
     segments = _read_segments(elf, order + _SEGMENT_FORMATS[elfclass], phoff, phnum, phentsize, file_size)
     return ElfFile(stream, elfclass, little, elf.type, elf.machine, flags, sections, segments)
 
@@ -177,10 +188,19 @@ def _table(elf: ElfFile, what: str, offset: int, count: int, entry_size: int, fm
 
 
 def _read_sections(
-    elf: ElfFile, fmt: str, offset: int, count: int, entry_size: int, names_index: int, file_size: int
+    elf: ElfFile,
+    fmt: str,
+    offset: int,
+    count: int,
+    entry_size: int,
+    names_index: int,
+    file_size: int,
+    max_sections: int | None,
 ) -> tuple[Section, ...]:
     if offset and count == 0:  # more than 0xff00 sections: the count is section 0's sh_size
         count = _table(elf, "section header 0", offset, 1, entry_size, fmt, file_size)[0][5]
+    if offset and max_sections is not None and count > max_sections:
+        raise TooManySections(count, max_sections)
     rows = _table(elf, "section header table", offset, count if offset else 0, entry_size, fmt, file_size)
     for i, row in enumerate(rows):
         if row[1] != SHT_NOBITS:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
+import mmap
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
-
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
 from buildkit.archgate.closure import LinkFacts, check_closure, holds_a_loader, link_facts
+from buildkit.archgate.coderules import CodeHit, DispatchedHits
 from buildkit.archgate.elfcheck import (
     AttributeParseError,
     ElfFile,
     Issue,
+    TooManySections,
     attribute_value,
     check_attributes,
     check_header,
@@ -34,13 +34,21 @@ from buildkit.archgate.elfcheck import (
 from buildkit.archgate.gobuildinfo import GoBuildInfo, read_go_buildinfo, read_go_function_table
 from buildkit.archgate.model import Finding, GateReport, ObjectInfo, Severity
 from buildkit.archgate.profile import Profile, Waiver, load_profile, load_waivers
+from buildkit.archgate.verdicts import VerdictCache, open_cache
 from buildkit.errors import UserError
 from buildkit.progress import step
 from buildkit.target import DEFAULT_PROFILE
-from buildkit.walk import ArtifactTree, open_artifact, open_nested, size_from_env
+from buildkit.walk import (
+    ArtifactTree,
+    ExtractBudget,
+    ExtractLimitExceeded,
+    open_artifact,
+    open_nested,
+    size_from_env,
+)
 
-if TYPE_CHECKING:  # the code scan loads Capstone: only when an object is scanned
-    from buildkit.archgate.codescan import CodeHit
+if TYPE_CHECKING:  # pyelftools' reader is loaded only when an object is parsed (elfreader)
+    from elftools.elf.elffile import ELFFile
 
 ELF_MAGIC = b"\x7fELF"
 # strict: every DT_NEEDED must resolve in the tree; auto: only in a tree that holds its own loader
@@ -61,31 +69,38 @@ EVIDENCE_NAMES = 12
 def verify_artifacts(
     paths: Sequence[Path],
     profile: str = DEFAULT_PROFILE,
-    scan_code: bool = False,
+    scan_code: bool = True,
     waiver_files: Sequence[Path] = (),
     extra_waivers: Sequence[Waiver] = (),
     display_root: str | None = None,
     profile_base: Path | None = None,
     closure: ClosureMode = "auto",
+    cache_dir: Path | None = None,
 ) -> GateReport:
-    """Gate files, trees and archives; `display_root` renames a single input in the findings."""
+    """Gate files, trees and archives; `display_root` renames a single input in the findings.
+    With `cache_dir`, per-object verdicts are kept there by content (buildkit.archgate.verdicts)."""
     if not paths:
         raise UserError("verify artifact: no input given: name at least one file, directory or archive")
     target = load_profile(profile, profile_base)
     waivers = load_waivers(target.lineage, waiver_files, extra_waivers)
+    cache = open_cache(cache_dir, target, scan_code) if cache_dir is not None else None
     inputs: list[str] = []
     objects: list[ObjectInfo] = []
     findings: list[Finding] = []
     files = 0
+    platforms = image_platforms(target)
     for path in paths:
         display = display_root if display_root is not None and len(paths) == 1 else None
-        with open_artifact(Path(path), display) as tree, _gate_step(tree):
-            result = _gate_tree(tree, target, _Options(scan_code, closure), waivers)
+        options = _Options(scan_code, closure, cache, ExtractBudget(), platforms)
+        with open_artifact(Path(path), display, options.budget, platforms) as tree, _gate_step(tree):
+            result = _gate_tree(tree, target, options, waivers)
         inputs.append(tree.display)
         objects.extend(result.objects)
         findings.extend(result.findings)
         files += len(tree.files)
     findings.extend(unused_waivers(waivers, findings))
+    if not scan_code and any("code" not in o.checks for o in objects):
+        findings.extend(_scan_skipped(inputs))
     return GateReport(
         profile=target.name,
         inputs=tuple(inputs),
@@ -93,6 +108,18 @@ def verify_artifacts(
         findings=tuple(sorted(findings, key=lambda f: (f.path, f.rule, f.severity))),
         files_scanned=files,
     )
+
+
+def _scan_skipped(inputs: Sequence[str]) -> list[Finding]:
+    return [
+        Finding(
+            shown,
+            "code.skipped",
+            "info",
+            "code scan skipped (--no-scan-code): the attributes decide, and attributes that lie go unnoticed",
+        )
+        for shown in inputs
+    ]
 
 
 GATE_STEP_MIN_FILES = 300  # smaller inputs are gated in about the time a progress line takes to read
@@ -133,6 +160,7 @@ class _ObjectResult:
     issues: list[Issue] = field(default_factory=list)
     hits: list[tuple[CodeHit, str | None]] = field(default_factory=list)  # with the symbol as resolved here
     unlisted_hits: int = 0
+    dispatched: tuple[DispatchedHits, ...] = ()
     link: LinkFacts | None = None
 
 
@@ -140,19 +168,31 @@ class _ObjectResult:
 class _Options:
     scan_code: bool
     closure: ClosureMode
+    cache: VerdictCache | None = None
+    budget: ExtractBudget = field(default_factory=ExtractBudget)  # shared by the archives of one input
+    platforms: tuple[str, ...] = ()  # the container image platforms the board runs, preferred first
+
+
+def image_platforms(profile: Profile) -> tuple[str, ...]:
+    """The board's own image platform (linux/arm/v6 for a Pi 1), then those of the userlands it
+    runs (Debian armel images say linux/arm/v5)."""
+    target = profile.target
+    return tuple(dict.fromkeys([target.oci_platform, *(u.oci_platform for u in target.userlands.values())]))
 
 
 def _gate_tree(
     tree: ArtifactTree, profile: Profile, options: _Options, waivers: Sequence[Waiver], depth: int = 0
 ) -> _TreeResult:
     result = _TreeResult(findings=list(tree.problems))
+    if tree.platform is not None:
+        result.findings.append(_platform_finding(tree, options.platforms))
     links: dict[str, LinkFacts] = {}
     findings = _Findings(tree, profile, waivers)
     for rel in tree.files:
         if not _starts_like_elf(tree.root / rel):
             _gate_nested(tree, rel, profile, options, waivers, depth, result)
             continue
-        checked = _check_object(tree, rel, profile, options.scan_code)
+        checked = _check_object(tree, rel, profile, options)
         result.objects.append(checked.info)
         result.findings.extend(findings.for_object(rel, checked))
         if checked.link is not None:
@@ -178,7 +218,7 @@ def _gate_nested(
     tree of its own, reported as `outer!inner!path`; an archive that cannot be read fails closed."""
     shown = tree.display_path(rel)
     try:
-        with open_nested(tree.root / rel, shown) as inner:
+        with open_nested(tree.root / rel, shown, options.budget, options.platforms) as inner:
             if inner is None:
                 return
             if depth >= MAX_NESTING:
@@ -189,11 +229,38 @@ def _gate_nested(
                 )
                 return
             nested = _gate_tree(inner, profile, options, waivers, depth + 1)
+    except ExtractLimitExceeded as exc:
+        result.findings.append(
+            _walk_error(
+                shown,
+                "walk.limits",
+                f"not opened: with the archives before it, the input unpacks to {exc.spent} bytes, "
+                f"more than the limit of {exc.limit} (BUILDKIT_MAX_EXTRACT)",
+                bytes=exc.spent,
+                limit=exc.limit,
+            )
+        )
+        return
     except UserError as exc:
         result.findings.append(_walk_error(shown, "walk.unreadable", f"an archive that cannot be read: {exc}"))
         return
     result.objects.extend(nested.objects)
     result.findings.extend(nested.findings)
+
+
+def _platform_finding(tree: ArtifactTree, platforms: tuple[str, ...]) -> Finding:
+    """A container image says what it runs on: one the board does not run is a violation."""
+    evidence = {"platform": tree.platform, "allowed": list(platforms)}
+    if tree.platform in platforms:
+        return Finding(tree.display, "image.platform", "info", f"image platform {tree.platform}", evidence)
+    return Finding(
+        tree.display,
+        "image.platform",
+        "error",
+        f"image platform {tree.platform}; the board runs {' or '.join(platforms)}",
+        evidence,
+        f"build the image for the board: docker buildx build --platform {platforms[0]}",
+    )
 
 
 def _walk_error(path: str, rule: str, message: str, **evidence: object) -> Finding:
@@ -215,32 +282,48 @@ def _starts_like_elf(path: Path) -> bool:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def _check_object(tree: ArtifactTree, rel: str, profile: Profile, scan_code: bool) -> _ObjectResult:
-    """Every rule for one object. Anything that goes wrong while reading it is the `elf.parse`
-    violation: the gate fails closed on what it cannot read."""
+def _check_object(tree: ArtifactTree, rel: str, profile: Profile, options: _Options) -> _ObjectResult:
+    """Every rule for one object, read through a read-only mapping (never into memory whole: the
+    kernel pages in what the rules touch), or its verdict from the cache."""
     path = tree.root / rel
     shown = tree.display_path(rel)
     if (too_big := _over_size_limit(path, shown)) is not None:
         return too_big
-    # One read: pyelftools seeks before nearly every field it parses, and each seek would cost a
-    # buffered file a new read() from the kernel; in memory the whole object parses several times faster.
     try:
-        data = path.read_bytes()
+        handle = open(path, "rb")
     except OSError as exc:
         raise UserError(f"{shown}: cannot read: {exc.strerror}") from None
-    digest = hashlib.sha256(data).hexdigest()
+    with handle:
+        try:
+            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:  # ENOMEM: no address space left for it
+            size = path.stat().st_size
+            return _limit_result(shown, "", f"{size} bytes cannot be mapped: {_one_line(exc)}", size=size)
+        with data:
+            digest = hashlib.sha256(data).hexdigest()
+            cached = options.cache.get(digest) if options.cache else None
+            if cached is not None:
+                return _from_entry(cached, shown, rel)
+            result = _examine(data, tree, rel, shown, digest, profile, options.scan_code)
+    if options.cache:
+        options.cache.put(digest, _to_entry(result))
+    return result
+
+
+def _examine(
+    data: mmap.mmap, tree: ArtifactTree, rel: str, shown: str, digest: str, profile: Profile, scan_code: bool
+) -> _ObjectResult:
+    """Anything that goes wrong while reading the object is the `elf.parse` violation: the gate
+    fails closed on what it cannot read."""
+    stream = cast(BinaryIO, data)  # a mapping reads, seeks and tells as a file does
     try:
-        stream = io.BytesIO(data)
-        elf = open_elf(stream, len(data))
-        if len(elf.sections) > MAX_SECTIONS:
-            return _limit_result(
-                shown,
-                digest,
-                f"{len(elf.sections)} sections; the gate reads at most {MAX_SECTIONS}",
-                sections=len(elf.sections),
-                limit=MAX_SECTIONS,
-            )
-        reader = _pyelftools_reader(stream)
+        try:
+            elf = open_elf(stream, len(data), MAX_SECTIONS)
+        except TooManySections as exc:
+            return _limit_result(shown, digest, str(exc), sections=exc.count, limit=exc.limit)
+        from buildkit.archgate.elfreader import pyelftools_reader  # pyelftools: not for cached verdicts
+
+        reader = pyelftools_reader(stream)
         return _inspect(elf, reader, tree, rel, shown, digest, profile, scan_code)
     except Exception as exc:  # noqa: BLE001 - pyelftools and the scan raise many kinds on damaged input
         issue = Issue(
@@ -250,6 +333,40 @@ def _check_object(tree: ArtifactTree, rel: str, profile: Profile, scan_code: boo
             {"error": type(exc).__name__, "detail": _one_line(exc)},
         )
         return _ObjectResult(ObjectInfo(path=shown, sha256=digest, checks=("parse",)), [issue])
+
+
+def _to_entry(result: _ObjectResult) -> dict[str, Any]:
+    """What the cache keeps of a result: all of it but where the object was."""
+    link = result.link
+    return {
+        "info": {k: v for k, v in asdict(result.info).items() if k != "path"},
+        "issues": [asdict(issue) for issue in result.issues],
+        "hits": [[asdict(hit), symbol] for hit, symbol in result.hits],
+        "unlisted_hits": result.unlisted_hits,
+        "dispatched": [asdict(group) for group in result.dispatched],
+        "link": None if link is None else {k: v for k, v in asdict(link).items() if k != "rel"},
+    }
+
+
+def _from_entry(entry: dict[str, Any], shown: str, rel: str) -> _ObjectResult:
+    hits = [(CodeHit(**_tuples(hit)), symbol) for hit, symbol in entry["hits"]]
+    dispatched = [
+        DispatchedHits(**{**group, "examples": tuple(CodeHit(**_tuples(h)) for h in group["examples"])})
+        for group in entry["dispatched"]
+    ]
+    link = entry["link"]
+    return _ObjectResult(
+        info=ObjectInfo(path=shown, **_tuples(entry["info"])),
+        issues=[Issue(**issue) for issue in entry["issues"]],
+        hits=hits,
+        unlisted_hits=entry["unlisted_hits"],
+        dispatched=tuple(dispatched),
+        link=None if link is None else LinkFacts(rel=rel, **_tuples(link)),
+    )
+
+
+def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def _over_size_limit(path: Path, shown: str) -> _ObjectResult | None:
@@ -270,41 +387,6 @@ def _over_size_limit(path: Path, shown: str) -> _ObjectResult | None:
 def _limit_result(shown: str, digest: str, message: str, **evidence: int) -> _ObjectResult:
     issue = Issue("elf.limits", "error", message, dict(evidence))
     return _ObjectResult(ObjectInfo(path=shown, sha256=digest, checks=("limits",)), [issue])
-
-
-def _pyelftools_reader(stream: BinaryIO) -> ELFFile:
-    """pyelftools builds every section and segment (dynamic, hash, notes, attributes, ...) and
-    validates each on the way: that it can is what "parses" means for the gate, and the code scan
-    disassembles through the same reader."""
-    stream.seek(0)
-    reader = _SectionsOnce(stream)
-    for _ in reader.iter_sections():
-        pass
-    for _ in reader.iter_segments():
-        pass
-    return reader
-
-
-class _SectionsOnce(ELFFile):
-    """pyelftools' reader, building each section header and section once: linked sections (string
-    and symbol tables) and the dynamic segment otherwise re-read the same headers ~100 times per
-    object. The same calls happen in the same order, so the first error raised is the same."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._headers: dict[int, Any] = {}
-        self._sections: dict[int, Any] = {}
-        super().__init__(stream)
-
-    def _get_section_header(self, n: int) -> Any:
-        if n not in self._headers:
-            self._headers[n] = super()._get_section_header(n)
-        return self._headers[n]
-
-    def _make_section(self, section_header: Any) -> Any:
-        key = id(section_header)  # headers live in self._headers, so their ids stay theirs
-        if key not in self._sections:
-            self._sections[key] = super()._make_section(section_header)
-        return self._sections[key]
 
 
 def _inspect(
@@ -336,11 +418,10 @@ def _inspect(
         issues.extend(_check_go(go, profile))
     result = _ObjectResult(info, issues)
     if scan_code or (attributes is None and (go is None or go.goarm_level is None)):
-        checks.append("code")
-        _add_code_hits(result, elf, reader, profile, go)
+        checks.append(_add_code_hits(result, elf, reader, profile, go, link_facts(elf, rel, None).soname))
     abi = float_abi(elf, attributes)
     facts = link_facts(elf, rel, abi)
-    result.link = facts if tree.is_tree else None
+    result.link = facts
     cpu = attribute_value(attributes, "TAG_CPU_ARCH")
     result.info = replace(
         info,
@@ -373,11 +454,25 @@ def _check_go(go: GoBuildInfo, profile: Profile) -> list[Issue]:
 
 
 def _add_code_hits(
-    result: _ObjectResult, elf: ElfFile, reader: ELFFile, profile: Profile, go: GoBuildInfo | None
-) -> None:
+    result: _ObjectResult, elf: ElfFile, reader: ELFFile, profile: Profile, go: GoBuildInfo | None, soname: str | None
+) -> str:
+    """The code scan's hits into `result`; the check it made: "code", or "limits" when one of the
+    scan's own bounds stopped it (then the code decides nothing)."""
     from buildkit.archgate.codescan import scan_elf
 
-    scan = scan_elf(reader, profile.code)
+    scan = scan_elf(reader, profile.code, soname)
+    if scan.limit is not None:
+        figure, limit = scan.limit_evidence[scan.limit], scan.limit_evidence["limit"]
+        result.issues.append(
+            Issue(
+                "elf.limits",
+                "error",
+                f"the code scan stopped after {figure} {scan.limit}; it scans at most {limit} per object",
+                dict(scan.limit_evidence),
+            )
+        )
+        return "limits"
+    result.dispatched = scan.dispatched
     go_functions = read_go_function_table(elf) if go and any(h.symbol is None for h in scan.hits) else None
     for hit in scan.hits:
         symbol = hit.symbol
@@ -386,6 +481,7 @@ def _add_code_hits(
             symbol, offset = go_functions.symbol_at(hit.address) or (None, 0)
         result.hits.append((hit, _symbol_text(symbol, offset)))
     result.unlisted_hits = scan.total_hits - len(scan.hits)
+    return "code"
 
 
 def _symbol_text(symbol: str | None, offset: int) -> str | None:
@@ -481,6 +577,7 @@ class _Findings:
                     by_id.get(waiver_id) if waiver_id else None,
                 )
             )
+        findings.extend(self._dispatched_findings(rel, checked))
         if checked.unlisted_hits:
             findings.append(
                 self._finding(
@@ -494,16 +591,35 @@ class _Findings:
             )
         return findings
 
+    def _dispatched_findings(self, rel: str, checked: _ObjectResult) -> list[Finding]:
+        """Hits in runtime-dispatched code (verify/dispatch/): waived by the rule, and shown."""
+        findings = []
+        for group in checked.dispatched:
+            hits = [(h, _symbol_text(h.symbol, h.symbol_offset)) for h in group.examples]
+            findings.append(
+                Finding(
+                    self.tree.display_path(rel),
+                    group.rule,
+                    "waived",
+                    f"{_hits_message(group.rule, hits, group.count)}; waived: runtime-dispatch ({group.dispatch})",
+                    _hits_evidence(hits, group.count),
+                    "",
+                    f"runtime-dispatch ({group.dispatch})",
+                    f"{group.reason} (source: {group.source})",
+                )
+            )
+        return findings
 
-def _hits_message(rule: str, hits: list[tuple[CodeHit, str | None]]) -> str:
+
+def _hits_message(rule: str, hits: list[tuple[CodeHit, str | None]], count: int | None = None) -> str:
     mnemonics = sorted({h.mnemonic for h, _ in hits})
     shown = ", ".join(mnemonics[:EVIDENCE_NAMES]) + (", ..." if len(mnemonics) > EVIDENCE_NAMES else "")
-    return f"{len(hits)} instruction(s) the target lacks ({rule}): {shown}"
+    return f"{len(hits) if count is None else count} instruction(s) the target lacks ({rule}): {shown}"
 
 
-def _hits_evidence(hits: list[tuple[CodeHit, str | None]]) -> dict:
+def _hits_evidence(hits: list[tuple[CodeHit, str | None]], count: int | None = None) -> dict:
     return {
-        "count": len(hits),
+        "count": len(hits) if count is None else count,
         "mnemonics": sorted({h.mnemonic for h, _ in hits}),
         "symbols": sorted({s.split("+0x", 1)[0] for _, s in hits if s})[:EVIDENCE_NAMES],
         "hits": [

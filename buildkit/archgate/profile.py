@@ -5,6 +5,9 @@ allow-list per build-attribute tag (by the tag's name in the ARM ABI addenda), t
 code-scan rules and the dynamic loaders with their float ABIs; its [target] table describes the
 board (buildkit/target.py). A new board is a new file, not code.
 
+Runtime-dispatch rules (`[[dispatch]]` in verify/dispatch/*.toml) name code that runs only after a
+runtime CPU check; every profile's code scan reads them.
+
 A waiver (`[[waiver]]` in verify/waivers/*.toml, in a file given on the command line, or in a
 recipe's [gate]) turns matching errors into `waived` findings that stay in the report.
 """
@@ -19,7 +22,7 @@ from typing import Literal
 
 from elftools.elf.enums import ENUM_ATTR_TAG_ARM
 
-from buildkit.archgate.coderules import CodeRules
+from buildkit.archgate.coderules import CodeRules, DispatchFile, DispatchRule
 from buildkit.errors import UserError
 from buildkit.resources import PROFILES_DIR, VERIFY_DIR, WAIVERS_DIR
 from buildkit.schema import Invalid, Where, from_table, read_toml
@@ -194,8 +197,27 @@ def load_profile(name_or_file: str, base_dir: Path | None = None) -> Profile:
     path = profile_path(name_or_file, base_dir)
     profile = from_table(Profile, profile_data(path), Where(path))
     return replace(
-        profile, source=path, lineage=profile_lineage(path), target=replace(profile.target, name=profile.name)
+        profile,
+        source=path,
+        lineage=profile_lineage(path),
+        target=replace(profile.target, name=profile.name),
+        code=replace(profile.code, dispatch=load_dispatch_rules()),
     )
+
+
+DISPATCH_DIR = VERIFY_DIR / "dispatch"
+
+
+def load_dispatch_rules(directory: Path = DISPATCH_DIR) -> tuple[DispatchRule, ...]:
+    """Every verify/dispatch/*.toml, in file order; ids are unique across files."""
+    rules: list[DispatchRule] = []
+    for path in sorted(directory.glob("*.toml")):
+        where = Where(path)
+        for i, rule in enumerate(from_table(DispatchFile, read_toml(path), where).dispatch):
+            if any(r.id == rule.id for r in rules):
+                raise where.child("dispatch").child(i).child("id").error(f"{rule.id!r} is already a dispatch rule")
+            rules.append(rule)
+    return tuple(rules)
 
 
 def load_waivers(

@@ -35,6 +35,8 @@ RULE_DOCS: dict[str, str] = {
     "elf.eabi": "The ARM EABI version in e_flags is not one the target's userland uses.",
     "elf.be8": "BE8 (big-endian) code for a little-endian target.",
     "elf.float_abi": "Both the soft-float and the hard-float e_flags are set.",
+    "elf.limits": "An object larger, with more sections or more code to scan than the gate reads: hostile or damaged.",
+    "image.platform": "The platform a container image's config names (os/architecture/variant), against the board's.",
     "attr.parse": "The .ARM.attributes section cannot be read.",
     "attr.unknown": "A build attribute tag this gate does not know and may not ignore.",
     "attr.*": "A build attribute (.ARM.attributes) outside the profile's allow-list: the object was "
@@ -45,6 +47,7 @@ RULE_DOCS: dict[str, str] = {
     "closure.missing": "A library or interpreter a process needs is not in the tree.",
     "closure.interpreter": "A dynamic executable names an interpreter (dynamic loader) the target does not run.",
     "closure.float_abi": "A process would load objects of both float ABIs (soft-float and hard-float).",
+    "walk.limits": "Archives inside the input unpack to more bytes in total than the gate allows.",
     "walk.*": "An archive member that is unsafe to unpack (absolute path, '..', link out of the tree, device).",
 }
 

@@ -10,11 +10,16 @@ from pathlib import Path
 
 from buildkit.source import DEFAULT_POLICY, SourcePolicy, source_entries, tree_digest_entries
 
+# What a backend may write beside the payload directory it fills: the third-party components it
+# put into the payload (JSON), which build.json and the SBOM carry. A kind whose payload says what
+# it holds (a Go binary's build info) writes none.
+COMPONENTS_FILE = "components.json"
+
 
 @dataclass(frozen=True)
 class Backend:
     """A kind's answer for one recipe: its toolchain identity (part of the cache key) and how to
-    fill a payload directory."""
+    fill a payload directory (and maybe COMPONENTS_FILE beside it)."""
 
     toolchain: dict[str, str]
     assemble: Callable[[Path], None]

@@ -4,7 +4,8 @@ The base is Debian bookworm armel (ARMv5TE, soft-float): its code runs on the Pi
 Debian armhf is built for ARMv7 and is refused. Both backends assemble the same tree:
 
 1. distro packages: `mmdebstrap --variant=extract --architectures=armel` (apt resolves the
-   dependencies; nothing is executed; the .debs are kept in the buildkit cache);
+   dependencies; nothing is executed; the .debs are kept in the buildkit cache; its extract hook
+   names the .debs it unpacked, recorded with the installed wheels in components.json for the SBOM);
 2. pip requirements: wheels fetched by pip for the target (pure Python, or ARMv6 soft-float wheels
    that pass the arch gate), installed into /usr/lib/python3/dist-packages; a distribution that a
    Debian package of step 1 already installed there satisfies its requirement, also transitively;
@@ -32,19 +33,21 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from buildkit.build.armcontainer import docker_runner
-from buildkit.build.base import Backend
+from buildkit.build.base import COMPONENTS_FILE, Backend
 from buildkit.errors import UserError
+from buildkit.fsutil import sha256_file, write_bytes_atomic
 from buildkit.progress import step
 from buildkit.schema import Invalid, Where
 from buildkit.source import SKIPPED_NAMES, copy_source
@@ -58,7 +61,7 @@ if TYPE_CHECKING:
     from buildkit.recipe import Recipe
 
 # Bump when the assembly changes what ends up in the tree: it is part of the cache key.
-ASSEMBLY_REVISION = "3"
+ASSEMBLY_REVISION = "4"
 
 DIST_PACKAGES = "usr/lib/python3/dist-packages"
 APP_DIR = "app"
@@ -88,6 +91,7 @@ class DebianBase:
     """The target's userland as this build uses it: where its .debs and pip's downloads are cached,
     and the SOURCE_DATE_EPOCH its files are stamped with."""
 
+    distro: str
     suite: str
     arch: str
     triplet: str
@@ -102,6 +106,7 @@ class DebianBase:
     def of(cls, target: Target, userland: Userland, cache: Path, epoch: int) -> DebianBase:
         major, minor = (int(n) for n in userland.python.split("."))
         return cls(
+            userland.distro,
             userland.suite,
             userland.arch,
             userland.triplet,
@@ -337,7 +342,8 @@ def backend(ctx: BuildContext) -> Backend:
         runner = (
             docker_runner(base.platform, recipe.target.qemu_cpu, base.epoch) if settings.backend == "docker" else None
         )
-        assemble_rootfs(recipe, base, dest, runner)
+        components = assemble_rootfs(recipe, base, dest, runner)
+        write_bytes_atomic(dest.parent / COMPONENTS_FILE, components.to_json())
 
     return Backend(toolchain=toolchain, assemble=assemble)
 
@@ -349,24 +355,28 @@ def mmdebstrap_version() -> str:
     return out.splitlines()[0] if out else "unknown"
 
 
-def assemble_rootfs(recipe: Recipe, base: DebianBase, dest: Path, runner: ArmRunner | None) -> None:
+def assemble_rootfs(recipe: Recipe, base: DebianBase, dest: Path, runner: ArmRunner | None) -> RootfsComponents:
     """`runner` is the ARM container of the docker backend; None is the native backend, which runs
     no ARM code: it refuses source distributions and compiles the bytecode with a host CPython of
-    the target's version."""
+    the target's version. Returns what went into the tree, for the SBOM (pruning removes the
+    package database it would otherwise be read from)."""
     settings = recipe.settings
+    wheels: list[Wheel] = []
     with fixed_umask(0o022), tempfile.TemporaryDirectory(prefix="buildkit-wheels-") as work:
-        extract_packages(settings.packages, recipe, base, dest, keep_index=bool(settings.requirements))
+        debs = extract_packages(settings.packages, recipe, base, dest, keep_index=bool(settings.requirements))
         require_interpreter(dest, base, recipe)
         if settings.requirements:
             debian = DebianDistributions.installed_in(dest)
             wheels = fetch_wheels(settings.requirements, base, Path(work), recipe, runner, debian)
             if wheels:
                 install_wheels(wheels, base, dest)
+        installed_wheels = tuple(sorted(InstalledWheel.of(w) for w in wheels))
         copy_app(recipe, dest / APP_DIR)
         prune_rootfs(dest, base.python, base, settings.packages)
         with step("compiling the Python bytecode"):
             compile_bytecode(dest, base.python, recipe, runner)
         normalize_tree(dest, base.epoch)
+    return RootfsComponents(base.distro, base.suite, debs, installed_wheels)
 
 
 @contextlib.contextmanager
@@ -395,14 +405,19 @@ def extract_packages(
     dest: Path,
     field: str = "python.packages",
     keep_index: bool = False,
-) -> None:
+) -> tuple[ExtractedDeb, ...]:
     """mmdebstrap's extract variant; .debs already in the cache are not downloaded again. `field`
     is the recipe key an error names; `keep_index` leaves apt's package lists in dest's
-    var/lib/apt/lists (pruning removes them), where a refused requirement's Debian package is looked up."""
+    var/lib/apt/lists (pruning removes them), where a refused requirement's Debian package is looked up.
+    Returns the packages extracted, as mmdebstrap's extract hook names them (MMDEBSTRAP_ESSENTIAL:
+    exactly the .debs it unpacked; the archives directory may hold others from the cache)."""
     mmdebstrap = require_tool("mmdebstrap")
     debs = deb_cache_dir(base)
     archives = "/var/cache/apt/archives/"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".extracted-", suffix=".txt", dir=dest.parent)
+    os.close(fd)
+    extracted_list = Path(name)  # outside the rootfs: nothing of it reaches the payload
     argv = [
         str(mmdebstrap),
         "--variant=extract",
@@ -413,17 +428,43 @@ def extract_packages(
         *(["--skip=cleanup/apt/lists"] if keep_index else []),
         f'--setup-hook=mkdir -p "$1"{archives}',
         f"--setup-hook=sync-in {debs} {archives}",
+        f"--extract-hook=printf '%s\\n' $MMDEBSTRAP_ESSENTIAL > {shlex.quote(str(extracted_list))}",
         base.suite,
         str(dest),
         recipe.settings.mirror,
     ]
-    with step(f"extracting Debian {base.suite} {base.arch} packages (mmdebstrap)"):
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C.UTF-8"}
-        )
-    if proc.returncode != 0:
-        raise mmdebstrap_error(proc.stdout + proc.stderr, packages, recipe, base, field)
+    try:
+        with step(f"extracting Debian {base.suite} {base.arch} packages (mmdebstrap)"):
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C.UTF-8"}
+            )
+        if proc.returncode != 0:
+            raise mmdebstrap_error(proc.stdout + proc.stderr, packages, recipe, base, field)
+        listed = extracted_list.read_text().split()
+    finally:
+        extracted_list.unlink(missing_ok=True)
+    extracted = tuple(sorted(extracted_deb(dest / path.lstrip("/")) for path in listed))
     keep_downloaded_debs(dest / archives.strip("/"), debs)
+    return extracted
+
+
+DEB_FIELDS = ("Package", "Version", "Architecture", "source:Package", "source:Version")
+
+
+def extracted_deb(deb: Path) -> ExtractedDeb:
+    """What a .deb says it is (dpkg-deb's control fields), and its sha256."""
+    showformat = "\t".join(f"${{{name}}}" for name in DEB_FIELDS)
+    proc = subprocess.run(
+        [str(require_tool("dpkg-deb")), f"--showformat={showformat}", "--show", str(deb)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    values = proc.stdout.split("\t")
+    if proc.returncode != 0 or len(values) != len(DEB_FIELDS):
+        raise UserError(f"{deb.name}: dpkg-deb cannot read the package mmdebstrap extracted: {proc.stderr.strip()}")
+    name, version, arch, source, source_version = values
+    return ExtractedDeb(name, version, arch, source, source_version, deb.name, sha256_file(deb))
 
 
 def mmdebstrap_error(output: str, packages: Sequence[str], recipe: Recipe, base: DebianBase, field: str) -> UserError:
@@ -456,6 +497,48 @@ def keep_downloaded_debs(archives: Path, cache: Path) -> None:
             deb.unlink()
         else:
             shutil.move(deb, target)
+
+
+@dataclass(frozen=True, order=True)
+class ExtractedDeb:
+    package: str
+    version: str
+    architecture: str
+    source: str
+    source_version: str
+    file: str  # the .deb's file name
+    sha256: str
+
+
+@dataclass(frozen=True, order=True)
+class InstalledWheel:
+    name: str  # normalised (PEP 503)
+    version: str
+    file: str
+    sha256: str
+
+    @classmethod
+    def of(cls, wheel: Wheel) -> InstalledWheel:
+        from packaging.utils import canonicalize_name
+
+        return cls(canonicalize_name(wheel.name), wheel.version, wheel.path.name, sha256_file(wheel.path))
+
+
+@dataclass(frozen=True)
+class RootfsComponents:
+    """The third-party components of a Python rootfs (build.base.COMPONENTS_FILE)."""
+
+    distro: str
+    suite: str
+    debs: tuple[ExtractedDeb, ...]
+    wheels: tuple[InstalledWheel, ...]
+
+    def to_json(self) -> bytes:
+        table = {
+            "debian": {"distro": self.distro, "suite": self.suite, "packages": [asdict(d) for d in self.debs]},
+            "wheels": [asdict(w) for w in self.wheels],
+        }
+        return json.dumps(table, indent=2, sort_keys=True).encode() + b"\n"
 
 
 def require_interpreter(rootfs: Path, base: DebianBase, recipe: Recipe) -> None:

@@ -16,13 +16,13 @@ import secrets
 import shutil
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from buildkit import __version__
 from buildkit.archgate.model import GateReport
-from buildkit.build.base import Backend, tree_digest
+from buildkit.build.base import COMPONENTS_FILE, Backend, tree_digest
 from buildkit.build.kinds import kind_module
 from buildkit.context import BuildContext
 from buildkit.errors import UserError, VerificationFailed
@@ -49,6 +49,8 @@ class BuildResult:
     toolchain: dict[str, str]
     cache_key: str
     cached: bool
+    # What the backend recorded of the third-party components it put in (build.base.COMPONENTS_FILE).
+    components: dict[str, Any] = field(default_factory=dict)
 
     @property
     def recipe(self) -> Recipe:
@@ -90,12 +92,20 @@ def build_recipe(ctx: BuildContext) -> BuildResult:
     _publish(cached_dir / PAYLOAD_DIR, out_dir / PAYLOAD_DIR)
     from buildkit.archgate.report import render_report
 
+    components = recorded_components(cached_dir)
     write_bytes_atomic(out_dir / GATE_REPORT, render_report(report, "json").encode())
-    write_bytes_atomic(out_dir / BUILD_INFO, build_info(ctx, key, backend.toolchain, report))
-    return BuildResult(ctx, out_dir / PAYLOAD_DIR, report, backend.toolchain, key, cached)
+    write_bytes_atomic(out_dir / BUILD_INFO, build_info(ctx, key, backend.toolchain, report, components))
+    return BuildResult(ctx, out_dir / PAYLOAD_DIR, report, backend.toolchain, key, cached, components)
 
 
-def build_info(ctx: BuildContext, key: str, toolchain: dict[str, str], report: GateReport) -> bytes:
+def recorded_components(cached_dir: Path) -> dict[str, Any]:
+    path = cached_dir / COMPONENTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def build_info(
+    ctx: BuildContext, key: str, toolchain: dict[str, str], report: GateReport, components: dict[str, Any]
+) -> bytes:
     recipe = ctx.recipe
     info: dict[str, Any] = {
         "recipe": recipe.name,
@@ -108,6 +118,7 @@ def build_info(ctx: BuildContext, key: str, toolchain: dict[str, str], report: G
         "source_date_epoch": ctx.epoch,
         "target": ctx.target.to_dict(),
         "smoke": to_table(recipe.smoke),
+        **({"components": components} if components else {}),
     }
     return json.dumps(info, indent=2, sort_keys=True).encode() + b"\n"
 

@@ -1,7 +1,7 @@
 """JSON Schemas (draft 2020-12) of what buildkit writes for programs to read: the gate report
-(`verify artifact --format json`, gate.json), build.json, manifest.json and the inspect report
-(`inspect --format json`). They ship in the package, so a consumer validates against the schema of
-the version that wrote the file."""
+(`verify artifact --format json`, gate.json), build.json, manifest.json, the inspect report
+(`inspect --format json`) and the registry export (`device export`). They ship in the package, so a
+consumer validates against the schema of the version that wrote the file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from importlib.resources import files
 from typing import Any
 
-SCHEMA_NAMES = ("gate-report", "build", "manifest", "inspect")
+SCHEMA_NAMES = ("gate-report", "build", "manifest", "inspect", "registry-export")
 
 
 def load_schema(name: str) -> dict[str, Any]:

@@ -27,6 +27,13 @@ from pathlib import Path
 from buildkit.errors import UserError
 from buildkit.host import register_qemu_arm
 from buildkit.recipe import Smoke
+from buildkit.smoke.attestation import (
+    ATTEST_CHECKS,
+    check_attest_allow,
+    check_attest_replay,
+    check_attest_tampered,
+    has_agent,
+)
 from buildkit.smoke.bounds import check_fork_bomb, check_sandbox_limits, check_seccomp_filter, check_tmpfs_full
 from buildkit.smoke.checks import (
     apply_ruleset,
@@ -41,7 +48,7 @@ from buildkit.smoke.checks import (
 )
 from buildkit.smoke.device import PAYLOAD_SCRIPT, RULESET, Device, PayloadConfig, place_payload_image, unpack_overlay
 from buildkit.smoke.media import MANIFEST, PackageFiles
-from buildkit.smoke.netns import NetnsClient, network_namespaces
+from buildkit.smoke.netns import Netns, NetnsClient, network_namespaces
 from buildkit.smoke.probes import Service, declared_checks
 from buildkit.smoke.report import emit_smoke, render_smoke
 from buildkit.smoke.results import CheckFailed, CheckLog, CheckResult, RunStopped, SmokeResult
@@ -92,9 +99,11 @@ AFTER_DECLARED = ("tmpfs-full", "fork-bomb", "sigterm-stop", "tampered-payload-r
 PLATFORM_CHECKS = BEFORE_DECLARED + AFTER_DECLARED
 
 
-def check_plan(smoke_table: Smoke) -> tuple[str, ...]:
-    """Every check a payload with this [smoke] table gets, in the order they run."""
-    return (*BEFORE_DECLARED, *(name for name, _ in declared_checks(smoke_table)), *AFTER_DECLARED)
+def check_plan(smoke_table: Smoke, attest: bool = False) -> tuple[str, ...]:
+    """Every check a payload with this [smoke] table gets, in the order they run; with the attest
+    feature in its overlay, the attestation checks after the declared ones."""
+    declared = (name for name, _ in declared_checks(smoke_table))
+    return (*BEFORE_DECLARED, *declared, *(ATTEST_CHECKS if attest else ()), *AFTER_DECLARED)
 
 
 def require_host() -> None:
@@ -113,7 +122,7 @@ def smoke(target: Path, timeout: float = DEFAULT_TIMEOUT) -> SmokeResult:
     outside. Needs root; UserError when the host cannot run it (exit 2)."""
     require_host()
     package = PackageFiles.find(target)
-    log = CheckLog(check_plan(package.smoke))
+    log = CheckLog(check_plan(package.smoke, has_agent(package.apkovl)))
     stopped_by = None
     with _interrupts_unwind() as interrupted, contextlib.ExitStack() as stack:
         scratch = Path(
@@ -158,10 +167,32 @@ def _run_checks(
     service = Service(device, client, secret_values, timeout)
     for name, check in declared_checks(package.smoke):
         log.run(name, partial(check, service))
+    if has_agent(package.apkovl):
+        _run_attestation_checks(package, device, client, netns, scratch, timeout, log, stack)
     log.run("tmpfs-full", lambda: check_tmpfs_full(device, client))
     log.run("fork-bomb", lambda: check_fork_bomb(device, client))
     log.run("sigterm-stop", lambda: check_sigterm_stop(device))
     log.run("tampered-payload-refused", lambda: check_tampered_payload(device, package, scratch))
+
+
+def _run_attestation_checks(
+    package: PackageFiles,
+    device: Device,
+    client: NetnsClient,
+    netns: Netns,
+    scratch: Path,
+    timeout: float,
+    log: CheckLog,
+    stack: contextlib.ExitStack,
+) -> None:
+    run = log.run_value(
+        "attest-allow", lambda: check_attest_allow(device, client, package.out_dir, netns, scratch, stack)
+    )
+    if run is None:
+        return  # the other attestation checks are reported as not run
+    log.run("attest-replay-refused", lambda: check_attest_replay(run))
+    image = device.config.image
+    log.run("attest-tampered-quarantined", lambda: check_attest_tampered(device, client, run, image, timeout))
 
 
 def unpack_overlay_config(package: PackageFiles, root: Path) -> tuple[str, PayloadConfig]:

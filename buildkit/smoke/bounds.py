@@ -20,7 +20,7 @@ from buildkit.smoke.device import OFF_DEVICE, Device
 from buildkit.smoke.intruder import FILL_NAME
 from buildkit.smoke.media import PackageFiles
 from buildkit.smoke.netns import NetnsClient
-from buildkit.smoke.procfs import Proc, descendants, mounts, proc_status
+from buildkit.smoke.procfs import Mount, Proc, descendants, mounts, proc_status
 from buildkit.smoke.results import CheckFailed, last_line, snippet
 
 MIB = 1 << 20
@@ -67,7 +67,12 @@ def check_sandbox_limits(device: Device) -> str:
 
 
 def tmpfs_problems(payload: Proc, declared: tuple[tuple[str, int], ...]) -> list[str]:
-    table = {mount.point: mount for mount in mounts(payload.pid)}
+    return tmpfs_problems_in(mounts(payload.pid), declared)
+
+
+def tmpfs_problems_in(mount_table: list[Mount], declared: tuple[tuple[str, int], ...]) -> list[str]:
+    """What is wrong with the sandbox's tmpfs mounts and /dev, in the mount table the payload sees."""
+    table = {mount.point: mount for mount in mount_table}
     problems = []
     for path, size in (*declared, ("/run", -1)):
         mount = table.get(path)

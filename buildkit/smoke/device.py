@@ -156,7 +156,11 @@ class Device:
         return self.root / "srv" / self.config.name
 
     def script(self, action: str, media: Path | None = None, timeout: float = 60.0) -> ScriptRun:
-        env = {
+        return self.run_in_netns(PAYLOAD_SCRIPT, (action, self.config.name), self.environment(media), timeout)
+
+    def environment(self, media: Path | None = None) -> dict[str, str]:
+        """What the overlay's scripts are run with off the device: their locations moved into scratch."""
+        return {
             "PATH": HOST_PATH,
             "BK_ROOT": str(self.root),
             "BK_MEDIA": str(media or self.media),
@@ -172,16 +176,11 @@ class Device:
             **qemu_environment(self.target),
             **self.overrides,
         }
-        argv = [
-            "nsenter",
-            f"--net={NETNS_DIR / self.netns}",
-            "--",
-            "busybox",
-            "sh",
-            str(self.root / PAYLOAD_SCRIPT),
-            action,
-            self.config.name,
-        ]
+
+    def run_in_netns(self, script: str, args: tuple[str, ...], env: dict[str, str], timeout: float) -> ScriptRun:
+        """The overlay's `script` (a path in it) under busybox sh, in the device's network namespace."""
+        action = " ".join(args)
+        argv = ["nsenter", f"--net={NETNS_DIR / self.netns}", "--", "busybox", "sh", str(self.root / script), *args]
         # Output goes to a file, not a pipe: the sandbox started in the background may inherit the
         # script's descriptors, and a pipe would then stay open for as long as the payload runs.
         with tempfile.TemporaryFile(mode="w+") as output:
@@ -190,7 +189,9 @@ class Device:
                     argv, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, timeout=timeout
                 )
             except subprocess.TimeoutExpired:
-                raise CheckFailed(f"payload {action} {self.config.name} did not return within {timeout:.0f}s") from None
+                raise CheckFailed(
+                    f"{PurePosixPath(script).name} {action} did not return within {timeout:.0f}s"
+                ) from None
             output.seek(0)
             return ScriptRun(proc.returncode, output.read())
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from buildkit.recipe import HttpProbe, LogWindowProbe, SlowClientsProbe, Smoke, ZombieProbe
 from buildkit.smoke.device import Device
@@ -73,8 +73,21 @@ def bearer(secret_values: dict[str, str], secret: str) -> dict[str, str]:
 
 
 def check_http_probe(service: Service, probe: HttpProbe) -> str:
-    headers = bearer(service.secret_values, probe.token_secret)
-    status, body = service.client.request(probe.path, probe.method, headers, timeout=PROBE_TIMEOUT)
+    return http_probe(service.client.request, service.secret_values, probe)
+
+
+class Requester(Protocol):
+    """(status, body) of `method path` on the device's port 80 (NetnsClient.request's signature)."""
+
+    def __call__(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]: ...
+
+
+def http_probe(request: Requester, secret_values: dict[str, str], probe: HttpProbe) -> str:
+    """One declared HTTP probe, through whatever reaches the device's port 80."""
+    headers = bearer(secret_values, probe.token_secret)
+    status, body = request(probe.path, probe.method, headers, timeout=PROBE_TIMEOUT)
     asked = f"{probe.method} {probe.path}" + (f" with the {probe.token_secret} token" if headers else "")
     if status != probe.status:
         raise CheckFailed(f"{asked} answered {status}, expected {probe.status}: {snippet(body)}")

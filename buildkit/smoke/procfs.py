@@ -72,8 +72,13 @@ def inside_id(pid: int, map_name: str, host_id: int) -> int:
 def mounts(pid: int | str = "self") -> list[Mount]:
     """The mount table as process `pid` sees it, in mount order (mountinfo: point, options, and the
     file system type and its options after the "-" separator)."""
+    return parse_mountinfo(Path(f"/proc/{pid}/mountinfo").read_text())
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The mount table of a /proc/PID/mountinfo text (also one read inside an emulated device)."""
     table = []
-    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+    for line in text.splitlines():
         fields = line.split()
         separator = fields.index("-")
         table.append(

@@ -16,6 +16,8 @@ def render_text(result: SmokeResult) -> str:
         f"{'PASS' if check.ok else 'FAIL'}  {check.name:<{width}}  {check.seconds:6.2f}s  {check.detail}"
         for check in result.checks
     ]
+    if result.timings:
+        lines.append("times: " + ", ".join(f"{what} {seconds:.1f}s" for what, seconds in result.timings))
     passed = len(result.checks) - len(result.failed)
     lines.append(
         f"smoke {result.target}: {passed}/{len(result.checks)} checks passed"
@@ -33,6 +35,10 @@ def render_junit(result: SmokeResult) -> str:
         errors="0",
         time=f"{sum(check.seconds for check in result.checks):.3f}",
     )
+    if result.timings:
+        properties = ET.SubElement(suite, "properties")
+        for what, seconds in result.timings:
+            ET.SubElement(properties, "property", name=f"{what} (s)", value=f"{seconds:.3f}")
     for check in result.checks:
         case = ET.SubElement(
             suite, "testcase", classname="buildkit.smoke", name=check.name, time=f"{check.seconds:.3f}"

@@ -26,6 +26,7 @@ class CheckResult:
 class SmokeResult:
     target: str
     checks: tuple[CheckResult, ...]
+    timings: tuple[tuple[str, float], ...] = ()  # (what, seconds) beyond the checks': `--system`'s boot
 
     @property
     def ok(self) -> bool:

@@ -16,6 +16,7 @@ from support.gate import build_c_binaries, build_go_binaries
 from support.go import build_hello_go
 from support.go import session_cache as go_session_cache
 from support.package import Demo, Device, package_demo
+from support.postgres import running_postgres
 from support.pyrootfs import HELLO_PY, build_in, session_cache
 from support.scaffold import Initialised, init_and_package
 
@@ -69,6 +70,14 @@ def device(packaged_demo) -> Iterator[Device]:
     """A scratch device root with the demo package laid out, cleaned up after the test."""
     with Device(packaged_demo.package) as dev:
         yield dev
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL 15 server for the session (support.postgres): its postgresql:// URL. A test
+    that needs an empty database of its own takes support.postgres.fresh_database(postgres_url)."""
+    with running_postgres() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Property tests of the walker alone: hostile member lists and damaged archives.
+"""Property tests of the walker alone: hostile member lists, damaged archives, and stacks of
+container image layers with whiteouts.
 
 Whatever the archive holds, the walker either raises UserError or yields a tree in which every
 listed file is a regular file inside the private root and every symlink, followed by the OS,
@@ -8,6 +9,7 @@ stays inside it; nothing is written anywhere else, and the private directory is 
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import tarfile
@@ -20,7 +22,15 @@ from hypothesis import strategies as st
 
 from buildkit.errors import UserError
 from buildkit.walk import open_artifact
-from support.walk import FUZZ_SETTINGS, build_seed_archives, build_seed_elves, examples, mutated_archive, time_limit
+from support.walk import (
+    FUZZ_SETTINGS,
+    build_seed_archives,
+    build_seed_elves,
+    examples,
+    layer_tar,
+    mutated_archive,
+    time_limit,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,5 +119,47 @@ def test_damaged_archives_give_a_tree_or_a_user_error(sample, sandbox, seed_arch
     name, data = sample.draw(mutated_archive(seed_archives))
     path = sandbox / name
     path.write_bytes(data)
+    walk_and_check(path, sandbox)
+    path.unlink()
+
+
+WHITEOUT_PARTS = ["a", "b", "s", "..", ".wh.a", ".wh.s", ".wh..wh..opq"]
+
+
+def layer_members(sandbox: Path):
+    relative = st.lists(st.sampled_from(WHITEOUT_PARTS), min_size=1, max_size=4).map("/".join)
+    names = st.one_of(relative, relative.map(lambda p: "/" + p))
+    kinds = st.sampled_from(["file", "dir", "sym", "hard"])
+    return st.lists(st.tuples(kinds, names, member_paths(sandbox)), max_size=8)
+
+
+def layer_bytes(members: list[tuple[str, str, str]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for kind, name, target in members:
+            info = tarfile.TarInfo(name)
+            info.type = KINDS[kind]
+            if kind in ("sym", "hard"):
+                info.linkname = target
+            payload = name.encode() if kind == "file" else b""
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return raw.getvalue()
+
+
+@given(data=st.data())
+@settings(max_examples=examples(150), **FUZZ_SETTINGS)
+def test_any_stack_of_image_layers_stays_inside_the_private_root(data, sandbox):
+    """Layers over layers, with whiteouts and opaque markers anywhere (under links, at the root, of
+    paths a lower layer made a file): the image's tree is contained like any archive's."""
+    layers = data.draw(st.lists(layer_members(sandbox), min_size=1, max_size=4))
+    members = {"config.json": json.dumps({"os": "linux", "architecture": "arm", "variant": "v6"}).encode()}
+    for i, layer in enumerate(layers):
+        members[f"{i}/layer.tar"] = layer_bytes(layer)
+    members["manifest.json"] = json.dumps(
+        [{"Config": "config.json", "Layers": [f"{i}/layer.tar" for i in range(len(layers))]}]
+    ).encode()
+    path = sandbox / "image.tar"
+    path.write_bytes(layer_tar(members))
     walk_and_check(path, sandbox)
     path.unlink()

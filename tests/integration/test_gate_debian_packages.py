@@ -1,7 +1,7 @@
 """Debian packages as the gate reads them: a .deb's data.tar.* is the tree. Real armel packages from
 the Debian archive (the ones hello-py's build downloaded, whose code runs on an ARM1176 in that
-rootfs: see test_pyrootfs_build.py) pass; a package holding an x86-64 program, built with the real
-dpkg-deb, fails."""
+rootfs: see test_pyrootfs_build.py) pass, one by one and as the whole rootfs, with the code scan on;
+a package holding an x86-64 program, built with the real dpkg-deb, fails."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ def test_the_armel_packages_of_a_real_rootfs_pass_one_by_one(hello_py_build, tmp
         assert report.ok, (deb.name, [(f.path, f.rule, f.message) for f in report.errors])
     libc = next(d for d in debs if d.name.startswith("libc6_"))
     assert any(o.path.endswith("/ld-linux.so.3") for o in gate(libc).objects), "the loader makes it a root"
+
+
+def test_hello_pys_whole_rootfs_passes_with_the_code_scan(hello_py_build):
+    """The scan is on by default: every executable object of a real Debian armel rootfs is
+    disassembled, and nothing the ARM1176 runs is a violation (test_pyrootfs_build.py runs it)."""
+    report = gate(hello_py_build.payload_dir)
+    assert report.ok, [(f.path, f.rule, f.message) for f in report.errors]
+    assert all("code" in o.checks for o in report.objects if o.elf_type in ("ET_EXEC", "ET_DYN"))
+    assert "runtime-dispatch (libgcc-unwind-vfp-d16-d31)" in {f.waiver for f in report.waived}
 
 
 @pytest.mark.parametrize("compression", ["xz", "gzip", "zstd"])

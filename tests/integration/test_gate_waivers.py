@@ -97,7 +97,7 @@ def test_debian_armel_libatomic_runs_on_arm1176_and_is_waived(tmp_path):
     (tree / "libc.so.6").write_bytes((Path(ARMEL) / "lib" / "libc.so.6").read_bytes())
     (tmp_path / "root" / "lib").mkdir()
     (tmp_path / "root" / "lib" / "ld-linux.so.3").write_bytes((Path(ARMEL) / "lib" / "ld-linux.so.3").read_bytes())
-    unwaived = gate(tree / "libatomic.so.1")
+    unwaived = gate(tree / "libatomic.so.1", scan_code=False)
     assert {f.rule for f in unwaived.errors} == {"attr.cpu_arch", "attr.thumb_isa_use"}  # a lone file: no path to match
     report = gate(tmp_path / "root", scan_code=True)
     assert report.ok, [(f.rule, f.message) for f in report.errors]

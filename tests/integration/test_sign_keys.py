@@ -8,7 +8,7 @@ import ctypes.util
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buildkit import sign
+from buildkit.keys import minisign
 
 
 def _libsodium_stream(password: bytes, salt: bytes, opslimit: int, memlimit: int) -> bytes:
@@ -33,6 +33,6 @@ def _libsodium_stream(password: bytes, salt: bytes, opslimit: int, memlimit: int
 @given(opslimit=st.integers(min_value=1, max_value=2**21), memlimit=st.integers(min_value=2**14, max_value=2**23))
 def test_scrypt_parameters_match_libsodium(opslimit, memlimit):
     salt = bytes(range(32))
-    assert sign._scrypt_stream(b"pw", salt, opslimit, memlimit, "test key") == _libsodium_stream(
+    assert minisign._scrypt_stream(b"pw", salt, opslimit, memlimit, "test key") == _libsodium_stream(
         b"pw", salt, opslimit, memlimit
     )

@@ -3,6 +3,7 @@ stripped three ways, and a harness that runs each snippet under `qemu-arm -cpu a
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,3 +233,20 @@ def on_arm1176(binary: Path, *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+def arm_code_elf(code: bytes, address: int = 0x8000) -> bytes:
+    """A minimal stripped ARM ELF32 executable: one executable section of `code`, no symbols."""
+    shoff = 52 + len(code)
+    header = (
+        b"\x7fELF\x01\x01\x01"
+        + b"\0" * 9
+        + struct.pack("<HHIIIIIHHHHHH", 2, 40, 1, address, 0, shoff, 0x05000000, 52, 32, 0, 40, 2, 0)
+    )
+    null = struct.pack("<IIIIIIIIII", *[0] * 10)
+    text = struct.pack("<IIIIIIIIII", 0, 1, 6, address, 52, len(code), 0, 0, 4, 0)  # PROGBITS, ALLOC|EXECINSTR
+    return header + code + null + text
+
+
+def words(*values: int) -> bytes:
+    return struct.pack(f"<{len(values)}I", *values)

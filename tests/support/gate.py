@@ -10,6 +10,7 @@ code can go astray under the ARM1176 model without a SIGILL.
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,3 +189,18 @@ def gate(*paths: Path, **options) -> GateReport:
 
 def rules_of(report: GateReport, severity: str = "error") -> set[str]:
     return {f.rule for f in report.findings if f.severity == severity}
+
+
+def many_section_elf(count: int, code_size: int = 4) -> bytes:
+    """An ARM ELF32 with `count` overlapping executable sections (extended numbering: e_shnum 0 and
+    the count in section 0's sh_size), all over the same `code_size` bytes of `bx lr`."""
+    code = b"\x1e\xff\x2f\xe1" * (code_size // 4)
+    shoff = 52 + len(code)
+    header = (
+        b"\x7fELF\x01\x01\x01"
+        + b"\0" * 9
+        + struct.pack("<HHIIIIIHHHHHH", 2, 40, 1, 0x8000, 0, shoff, 0x05000000, 52, 32, 0, 40, 0, 0)
+    )
+    first = struct.pack("<IIIIIIIIII", 0, 0, 0, 0, 0, count, 0, 0, 0, 0)
+    text = struct.pack("<IIIIIIIIII", 0, 1, 6, 0x8000, 52, len(code), 0, 0, 4, 0)  # PROGBITS, ALLOC|EXECINSTR
+    return header + code + first + text * (count - 1)

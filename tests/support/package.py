@@ -12,7 +12,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,11 +121,17 @@ def passing_gate() -> GateReport:
     return GateReport(profile="pi1", inputs=("payload",), objects=(), findings=())
 
 
-def package_payload(recipe_dir: Path, payload: Path, out: Path, key: sign.SecretKey) -> PackageResult:
+def package_payload(
+    recipe_dir: Path,
+    payload: Path,
+    out: Path,
+    key: sign.Signer | Sequence[sign.Signer],
+    trusted: Sequence[sign.PublicKey] = (),
+) -> PackageResult:
     """`package_build` on a payload tree made by hand (the build stage is the Go/Python helpers')."""
     ctx = build_context(load_recipe(recipe_dir), out)
     build = BuildResult(ctx, payload, passing_gate(), {"test": "host busybox"}, "test", False)
-    return package_build(build, key)
+    return package_build(build, key, trusted)
 
 
 def unpack_like_initramfs(apkovl: Path, root: Path) -> Path:

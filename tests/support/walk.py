@@ -1,11 +1,14 @@
-"""Seeds and mutations for the walker and gate fuzz tests: real ARM ELF files and real archives."""
+"""Seeds and mutations for the walker and gate fuzz tests: real ARM ELF files and real archives;
+container images laid out as the OCI image-spec and `docker save` write them."""
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gzip
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -250,3 +253,71 @@ FUZZ_SETTINGS = dict(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+# Container images, made as the OCI image-spec and `docker save` lay them out: each layer a tar
+# whose members map a path to its bytes, None for a directory; whiteouts are members named `.wh.*`.
+
+Layer = dict[str, bytes | None]
+
+
+def layer_tar(members: Layer) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o755
+                tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def _blob(root: Path, data: bytes) -> dict:
+    digest = hashlib.sha256(data).hexdigest()
+    (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (root / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def image_config(platform: str) -> bytes:
+    os_name, arch, *variant = platform.split("/")
+    config = {"os": os_name, "architecture": arch, "rootfs": {"type": "layers", "diff_ids": []}}
+    if variant:
+        config["variant"] = variant[0]
+    return json.dumps(config).encode()
+
+
+def oci_layout(root: Path, layers: list[Layer], platform: str, gzip_layers: bool = True) -> Path:
+    """An OCI image layout directory: oci-layout, index.json, and the manifest, config and layers as blobs."""
+    root.mkdir(parents=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    blobs = [_blob(root, gzip.compress(layer_tar(m), mtime=0) if gzip_layers else layer_tar(m)) for m in layers]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **_blob(root, image_config(platform))},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **b} for b in blobs],
+    }
+    entry = _blob(root, json.dumps(manifest).encode())
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": manifest["mediaType"], **entry}]}
+    (root / "index.json").write_text(json.dumps(index))
+    return root
+
+
+def docker_save_archive(path: Path, layers: list[Layer], platform: str) -> Path:
+    """The layout `docker save` wrote before Docker 25: manifest.json, <config>.json, <id>/layer.tar."""
+    config = image_config(platform)
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    members: dict[str, bytes] = {config_name: config}
+    names = []
+    for layer in layers:
+        data = layer_tar(layer)
+        name = f"{hashlib.sha256(data).hexdigest()}/layer.tar"
+        members[name] = data
+        names.append(name)
+    members["manifest.json"] = json.dumps([{"Config": config_name, "RepoTags": ["x:1"], "Layers": names}]).encode()
+    path.write_bytes(layer_tar(members))
+    return path

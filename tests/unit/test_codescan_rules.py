@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import json
+import re
 import tomllib
+from dataclasses import replace
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
-from buildkit.archgate.codescan import CodeRules
+from buildkit.archgate.codescan import CodeRules, scan_elf
+from buildkit.archgate.profile import load_dispatch_rules
 from buildkit.errors import UserError
 from buildkit.schema import Where, from_table
 from support import REPO
-from support.codescan import profile_rules
+from support.codescan import arm_code_elf, profile_rules, words
+from support.gate import many_section_elf
 
 PI1_TABLE = tomllib.loads((REPO / "verify" / "profiles" / "pi1.toml").read_text())["code"]
 
@@ -45,3 +52,99 @@ def test_a_missing_key_is_rejected():
     del table["fp16"]
     with pytest.raises(UserError, match=r"code.fp16: missing"):
         from_table(CodeRules, table, WHERE)
+
+
+# --- runtime dispatch and the scan's bounds -----------------------------------------------------
+
+MUSL_CAS_V7 = (0xE1A03000, 0xF57FF05B, 0xE1920F9F, 0xE0530000, 0x01820F91, 0x03300001, 0x0AFFFFFA, 0xF57FF05B)
+BX_LR, DMB_ISH, NOP = 0xE12FFF1E, 0xF57FF05B, 0xE1A00000
+DISPATCH_TABLE = {
+    "id": "x",
+    "rules": ["code.databarrier"],
+    "reason": "r",
+    "source": "s",
+    "verified": "v",
+    "signature": [{"words": ["f57ff05b", "e12fff1e"]}],
+}
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def dispatch_toml(data: dict[str, list[dict]]) -> str:
+    return "".join(
+        f"[[{name}]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
+        for name, tables in data.items()
+        for table in tables
+    )
+
+
+def scan_bytes(code: bytes, rules: CodeRules | None = None, soname: str | None = None):
+    return scan_elf(ELFFile(io.BytesIO(arm_code_elf(code))), rules or profile_rules(), soname)
+
+
+def test_the_shipped_dispatch_rules_load_into_every_profile():
+    rules = load_dispatch_rules()
+    assert {r.id for r in rules} >= {"libgcc-unwind-vfp-d16-d31", "musl-arm-atomics-v7", "pixman-arm-neon"}
+    assert profile_rules("pi1").dispatch == profile_rules("armv7").dispatch == rules
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rules": ["code.nope"]}, "dispatch.0.rules: ['code.nope'] are not code rules"),
+        ({"signature": [{"words": ["f57ff05"]}]}, "dispatch.0.signature.0.words: 'f57ff05' is not a 32-bit word"),
+        ({"signature": [{"words": ["f57ff05b"], "masks": []}], "source": " "}, "dispatch.0.source: empty"),
+        (
+            {"signature": [{"words": ["f57ff05b"], "masks": ["ff", "ff"]}]},
+            "dispatch.0.signature.0.masks: 2 masks for 1",
+        ),
+        ({"signature": []}, "dispatch.0: a dispatch rule needs symbols, sonames or a signature"),
+    ],
+)
+def test_bad_dispatch_rules_are_rejected_with_the_key_named(tmp_path, change, message):
+    (tmp_path / "d.toml").write_text(dispatch_toml({"dispatch": [{**DISPATCH_TABLE, **change}]}))
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_dispatch_rules(tmp_path)
+
+
+def test_a_duplicate_dispatch_id_is_rejected(tmp_path):
+    (tmp_path / "a.toml").write_text(dispatch_toml({"dispatch": [DISPATCH_TABLE]}))
+    (tmp_path / "b.toml").write_text(dispatch_toml({"dispatch": [DISPATCH_TABLE]}))
+    with pytest.raises(UserError, match=r"b.toml: dispatch.0.id: 'x' is already a dispatch rule"):
+        load_dispatch_rules(tmp_path)
+
+
+def test_a_signature_covers_its_own_bytes_only():
+    helper = words(NOP, *MUSL_CAS_V7, BX_LR)
+    scan = scan_bytes(helper)
+    assert scan.total_hits == 0
+    [group] = scan.dispatched
+    assert (group.dispatch, group.rule, group.count) == ("musl-arm-atomics-v7", "code.databarrier", 2)
+    # the same DMB in other code is a violation: one word of the signature changed
+    broken = words(NOP, *MUSL_CAS_V7[:5], NOP, *MUSL_CAS_V7[6:], BX_LR)
+    assert scan_bytes(broken).total_hits == 2 and not scan_bytes(broken).dispatched
+
+
+def test_a_soname_rule_covers_that_library_only():
+    code = words(0xF2000150, BX_LR)  # vand q0, q0, q0 (NEON)
+    assert scan_bytes(code).total_hits == 1
+    inside = scan_bytes(code, soname="libpixman-1.so.0")
+    assert inside.total_hits == 0 and inside.dispatched[0].dispatch == "pixman-arm-neon"
+
+
+def test_overlapping_executable_sections_are_scanned_once():
+    data = many_section_elf(2000, code_size=64)
+    scan = scan_elf(ELFFile(io.BytesIO(data)), profile_rules())
+    assert scan.bytes_scanned == 64 and scan.limit is None
+
+
+def test_more_code_than_the_profile_allows_stops_the_scan_with_the_figure():
+    rules = replace(profile_rules(), max_scan_bytes=1024)
+    scan = scan_bytes(words(DMB_ISH) * 512, rules)
+    assert scan.limit == "bytes" and scan.limit_evidence == {"code_bytes": 2048, "limit": 1024}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import shutil
-import struct
 import tarfile
 import zipfile
 from pathlib import Path
@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from buildkit.archgate.gate import MAX_NESTING, verify_artifacts
+from buildkit.archgate.report import render_report
+from support.gate import many_section_elf
+from support.schemas import schema_errors
 
 HOST_ELF = Path(shutil.which("true") or "/bin/true").resolve()
 
@@ -102,26 +105,19 @@ def test_a_huge_sparse_object_is_a_limits_violation_without_being_read(tmp_path)
     assert [(f.rule, f.evidence["size"]) for f in report.errors] == [("elf.limits", 8 << 30)]
 
 
-def many_section_elf(count: int) -> bytes:
-    """An ARM ELF32 with `count` overlapping executable sections (extended numbering: e_shnum 0 and
-    the count in section 0's sh_size), all over the same 4 bytes of code."""
-    shoff = 52 + 4
-    header = (
-        b"\x7fELF\x01\x01\x01"
-        + b"\0" * 9
-        + struct.pack("<HHIIIIIHHHHHH", 2, 40, 1, 0x8000, 0, shoff, 0x05000000, 52, 32, 0, 40, 0, 0)
-    )
-    code = b"\x1e\xff\x2f\xe1"  # bx lr
-    first = struct.pack("<IIIIIIIIII", 0, 0, 0, 0, 0, count, 0, 0, 0, 0)
-    text = struct.pack("<IIIIIIIIII", 0, 1, 6, 0x8000, 52, 4, 0, 0, 4, 0)  # PROGBITS, ALLOC|EXECINSTR
-    return header + code + first + text * (count - 1)
-
-
 def test_an_object_with_a_hundred_thousand_sections_is_a_limits_violation(tmp_path):
     hostile = tmp_path / "sections"
     hostile.write_bytes(many_section_elf(150_000))
     report = verify_artifacts([hostile], scan_code=True)
     assert [(f.rule, f.evidence["sections"]) for f in report.errors] == [("elf.limits", 150_000)]
+    assert schema_errors("gate-report", json.loads(render_report(report, "json"))) == []
+
+
+def test_overlapping_executable_sections_are_scanned_once(tmp_path):
+    hostile = tmp_path / "overlap"
+    hostile.write_bytes(many_section_elf(4000, 1 << 20))  # 4 GB of section data over the same 1 MB
+    report = verify_artifacts([hostile], scan_code=True)
+    assert report.ok and "code" in report.objects[0].checks
 
 
 def tar_segment(members: dict[str, bytes], end: bool) -> bytes:

@@ -317,7 +317,7 @@ def test_empty_passphrase_file(no_key_env, encrypted_key, tmp_path):
 
 
 def test_resolve_without_any_key(no_key_env):
-    with pytest.raises(UserError, match="no signing key: pass --key PATH or set BUILDKIT_KEY"):
+    with pytest.raises(UserError, match="no signing key: pass --key PATH|pkcs11:URI or set BUILDKIT_KEY"):
         sign.resolve_signing_key(None, None, None)
 
 

@@ -1,0 +1,75 @@
+"""The per-object verdict cache: what the gate learnt about one ELF object, kept by content.
+
+An entry is everything `gate._check_object` finds before the object is placed in a tree: its
+facts, the rule outcomes, the code hits and its link facts. Where the object lives (its path, the
+waivers that match that path, the closure of its tree) is applied afresh on every run, so waivers
+are not part of the key. The key is the object's sha256 and a fingerprint of the policy the rules
+read: the profile's merged tables, every data file under verify/ (code and dispatch rules), the
+scan setting, and the gate's own code (buildkit's version and the archgate sources, so an edited
+rule never reuses an old verdict). Entries are JSON, written atomically; an unreadable entry is a
+miss, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import buildkit
+from buildkit.archgate.profile import Profile
+from buildkit.fsutil import write_bytes_atomic
+from buildkit.resources import VERIFY_DIR
+from buildkit.target import profile_data
+
+CACHE_SUBDIR = "gate-verdicts"
+ENTRY_FORMAT = 1
+ARCHGATE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class VerdictCache:
+    directory: Path
+    policy: str  # hex digest of everything but the object that a verdict depends on
+
+    def _entry_path(self, digest: str) -> Path:
+        key = hashlib.sha256(f"{self.policy}:{digest}".encode()).hexdigest()
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, digest: str) -> dict[str, Any] | None:
+        try:
+            entry = json.loads(self._entry_path(digest).read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT or entry.get("sha256") != digest:
+            return None
+        return entry
+
+    def put(self, digest: str, entry: dict[str, Any]) -> None:
+        path = self._entry_path(digest)
+        data = json.dumps({"format": ENTRY_FORMAT, "sha256": digest, **entry}).encode()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, data)
+        except OSError:  # a read-only or full cache costs speed, not the verdict
+            pass
+
+
+def open_cache(cache_root: Path, profile: Profile, scan_code: bool) -> VerdictCache:
+    return VerdictCache(cache_root / CACHE_SUBDIR, policy_fingerprint(profile, scan_code))
+
+
+def policy_fingerprint(profile: Profile, scan_code: bool) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"buildkit {buildkit.__version__}; entry {ENTRY_FORMAT}; scan_code {scan_code}\n".encode())
+    digest.update(json.dumps(profile_data(profile.source), sort_keys=True, default=str).encode())
+    for path in _files(VERIFY_DIR) + _files(ARCHGATE_DIR, "*.py"):
+        digest.update(f"\n{path.name}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _files(top: Path, pattern: str = "*") -> list[Path]:
+    return sorted(p for p in top.rglob(pattern) if p.is_file() and "__pycache__" not in p.parts)

@@ -1,0 +1,1 @@
+"""Remote attestation: the report format, the verifier service and its store."""
