@@ -37,7 +37,7 @@ from buildkit.toolchain import require_tool
 __all__ = ["SYSTEM_TOOLS", "plan", "smoke_system"]
 
 SYSTEM_TOOLS = ("qemu-system-arm", "fdtput", "mkfs.vfat", "mcopy", "mmd", "sfdisk", "apt-get", "dpkg-deb")
-DEFAULT_TIMEOUT = 90.0
+DEFAULT_TIMEOUT = 240.0  # a boot takes 35–110 s of wall time on 2 loaded cores; the bound is for a hung guest
 ROOT_SIZE = "256m"
 SETTLE_SECONDS = 2  # after OpenRC's default runlevel: a payload that crashes at once has by then
 CONSOLE_LOG_SUFFIX = ".console.log"
