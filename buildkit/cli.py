@@ -58,6 +58,7 @@ app.add_typer(verify_app, name="verify")
 app.add_typer(verifier_app, name="verifier")
 
 T = TypeVar("T")
+NOTHING_KEPT = "no partial output was kept"  # an interrupt whose stage left something behind says what instead
 
 
 def _run(action: Callable[[], T]) -> T:
@@ -72,11 +73,11 @@ def _run(action: Callable[[], T]) -> T:
     except VerificationFailed as exc:
         typer.echo(f"buildkit: {exc}", err=True)
         raise SystemExit(EXIT_VIOLATION) from None
-    except Terminated:
-        typer.echo("buildkit: terminated; no partial output was kept", err=True)
+    except Terminated as exc:
+        typer.echo(f"buildkit: terminated; {str(exc) or NOTHING_KEPT}", err=True)
         raise SystemExit(EXIT_TERMINATED) from None
-    except (KeyboardInterrupt, typer.Abort):
-        typer.echo("buildkit: interrupted; no partial output was kept", err=True)
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        typer.echo(f"buildkit: interrupted; {str(exc) or NOTHING_KEPT}", err=True)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except typer.Exit:
         raise
@@ -88,6 +89,11 @@ def _run(action: Callable[[], T]) -> T:
             f"buildkit: internal error: {type(exc).__name__}: {detail} (BUILDKIT_DEBUG=1 shows the traceback)", err=True
         )
         raise SystemExit(EXIT_INTERNAL) from None
+
+
+class TextOrJson(StrEnum):
+    text = "text"
+    json = "json"
 
 
 class ReportFormat(StrEnum):
@@ -500,15 +506,10 @@ def init_command(
     _run(action)
 
 
-class InspectFormat(StrEnum):
-    text = "text"
-    json = "json"
-
-
 @app.command("inspect")
 def inspect_command(
     out_dir: Annotated[Path, typer.Argument(help="What `buildkit package` wrote (OUT_DIR).")],
-    fmt: Annotated[InspectFormat, typer.Option("--format", help="Report format.")] = InspectFormat.text,
+    fmt: Annotated[TextOrJson, typer.Option("--format", help="Report format.")] = TextOrJson.text,
 ) -> None:
     """What a package holds and what it costs: sizes by directory, Debian package, wheel and Go module; the gate
     verdict and waivers; the signature and key id; the overlay's services and firewall. Exit 1: the signature does
@@ -519,7 +520,7 @@ def inspect_command(
 
     def action() -> None:
         report = inspect_package(out_dir)
-        typer.echo(json.dumps(report, indent=2, sort_keys=True) if fmt is InspectFormat.json else render_text(report))
+        typer.echo(json.dumps(report, indent=2, sort_keys=True) if fmt is TextOrJson.json else render_text(report))
         if not inspection_ok(report):
             raise typer.Exit(EXIT_VIOLATION)
 
@@ -553,7 +554,15 @@ def image_command(
     apk_keys: Annotated[
         Path | None, typer.Option(help="Trust these RSA keys for the indexes instead of Alpine's (verify/alpine-keys).")
     ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="The package's profile, by name or TOML file (default: the one its manifest names)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON.")] = False,
+    registry_url: Annotated[
+        str | None,
+        typer.Option("--registry", help="With --device: record the card's files there (default: the project's)."),
+    ] = None,
 ) -> None:
     """Write an SD card for a package: Alpine's boot files, the apkovl, the payload image, the signed manifest, the
     device's card files and a boot repository with every package the overlay's world needs. Exit 1: the arch gate
@@ -578,7 +587,10 @@ def image_command(
             size=int(match.group(1)) * SIZE_UNITS[match.group(2).lower()],
             apk_repos=apk_repo or (),
             apk_keys=apk_keys,
+            profile=profile,
         )
+        if device is not None:
+            _record_card(device, result.file_sha256, result.file_size, registry_url)
         if as_json:
             typer.echo(json.dumps(dataclasses.asdict(result), indent=2, sort_keys=True, default=str))
             return
@@ -588,6 +600,28 @@ def image_command(
         typer.echo(f"boot repository: {', '.join(p.name for p in result.packages)}")
 
     _run(action)
+
+
+def _record_card(hostname: str, sha256: dict[str, str], size: dict[str, int], registry_url: str | None) -> None:
+    """The device's registry record pins every file of its card, so that its verifier compares them
+    rather than trusting them on first use. A device the registry did not provision gets a note."""
+    from buildkit.context import project_root
+    from buildkit.registry import CardFile, default_url, open_registry, registry_exists
+
+    url = registry_url or default_url(project_root(Path.cwd()))
+    if registry_exists(url):
+        with open_registry(url) as registry:
+            record = registry.find_device(hostname)
+            if record is not None and record.provisioning is not None:
+                files = [CardFile(path, sha256[path], size[path]) for path in sorted(sha256)]
+                added = registry.add_card_files(hostname, files)
+                typer.echo(f"buildkit: device {hostname}: {added} more card files recorded in {registry.url}", err=True)
+                return
+    typer.echo(
+        f"buildkit: device {hostname} was not provisioned in the registry: its card files are not recorded, "
+        "and a verifier will trust them on first use",
+        err=True,
+    )
 
 
 @app.command("doctor")
@@ -730,12 +764,7 @@ device_app = typer.Typer(
 app.add_typer(device_app, name="device")
 
 
-class DeviceFormat(StrEnum):
-    text = "text"
-    json = "json"
-
-
-DeviceFormatOption = Annotated[DeviceFormat, typer.Option("--format", help="Output format.")]
+TextOrJsonOption = Annotated[TextOrJson, typer.Option("--format", help="Output format.")]
 
 
 def _device_card(
@@ -798,7 +827,7 @@ def device_add(
     ] = None,
     registry: RegistryOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be written; write nothing.")] = False,
-    fmt: DeviceFormatOption = DeviceFormat.text,
+    fmt: TextOrJsonOption = TextOrJson.text,
 ) -> None:
     """Create a device: an Ed25519 identity key pair, its secrets, and its record (state provisioned). A revoked
     hostname, or a serial, MAC or key already recorded, is refused (exit 2)."""
@@ -821,7 +850,7 @@ def device_add(
             return
         with open_registry(url) as reg:
             record = device.add_device(plan, reg)
-        if fmt is DeviceFormat.json:
+        if fmt is TextOrJson.json:
             typer.echo(json.dumps(record_dict(record), indent=2, sort_keys=True))
             return
         typer.echo(f"device {record.hostname}: {record.state}, identity key id {record.key_id}")
@@ -832,7 +861,7 @@ def device_add(
     _run(action)
 
 
-def _echo_plan(plan: device.AddPlan, url: str, fmt: DeviceFormat) -> None:
+def _echo_plan(plan: device.AddPlan, url: str, fmt: TextOrJson) -> None:
     import json
 
     request = plan.request
@@ -845,7 +874,7 @@ def _echo_plan(plan: device.AddPlan, url: str, fmt: DeviceFormat) -> None:
         "board_revision": request.board_revision,
         "key_id": None,  # a new key pair is made only by the real run
     }
-    if fmt is DeviceFormat.json:
+    if fmt is TextOrJson.json:
         summary = {"dry_run": True, "registry": url, "record": record, "files": [str(f) for f in plan.files]}
         typer.echo(json.dumps({**summary, "secrets": dict(plan.secrets)}, indent=2, sort_keys=True))
         return
@@ -861,7 +890,7 @@ def _echo_plan(plan: device.AddPlan, url: str, fmt: DeviceFormat) -> None:
 
 
 @device_app.command("list")
-def device_list(registry: RegistryOption = None, fmt: DeviceFormatOption = DeviceFormat.text) -> None:
+def device_list(registry: RegistryOption = None, fmt: TextOrJsonOption = TextOrJson.text) -> None:
     """The registered devices, revoked ones included."""
     import json
 
@@ -871,7 +900,7 @@ def device_list(registry: RegistryOption = None, fmt: DeviceFormatOption = Devic
         url, _, _ = _device_places(None, registry)
         with open_registry(url) as reg:
             records = reg.devices()
-        if fmt is DeviceFormat.json:
+        if fmt is TextOrJson.json:
             typer.echo(json.dumps([record_dict(r) for r in records], indent=2, sort_keys=True))
             return
         for r in records:
@@ -887,7 +916,7 @@ def device_list(registry: RegistryOption = None, fmt: DeviceFormatOption = Devic
 def device_show(
     hostname: Annotated[str, typer.Argument(help="The device.")],
     registry: RegistryOption = None,
-    fmt: DeviceFormatOption = DeviceFormat.text,
+    fmt: TextOrJsonOption = TextOrJson.text,
 ) -> None:
     """One device: its record, latest card files and state history."""
     import json
@@ -899,7 +928,7 @@ def device_show(
         with open_registry(url) as reg:
             record, history = reg.device(hostname), reg.history(hostname)
         data = {**record_dict(record), "history": [change_dict(c) for c in history]}
-        if fmt is DeviceFormat.json:
+        if fmt is TextOrJson.json:
             typer.echo(json.dumps(data, indent=2, sort_keys=True))
             return
         for key in ("hostname", "state", "state_reason", "serial", "sd_cid", "board_revision", "key_id"):
@@ -978,7 +1007,17 @@ def main() -> None:
     """The console script; a bug outside a command's own `_run` (its stage imports) exits 3 as well."""
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    _run(partial(app, prog_name="buildkit"))
+    _run(_gate_alone(sys.argv[1:]) or partial(app, prog_name="buildkit"))
+
+
+def _gate_alone(argv: Sequence[str]) -> Callable[[], object] | None:
+    """`buildkit verify artifact ...` as an app of that one command: typer reads the signature of
+    every command before it dispatches, a third of a gate run whose verdicts are all cached."""
+    if list(argv[:2]) != ["verify", "artifact"]:
+        return None
+    gate = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    gate.command()(verify_artifact)
+    return partial(gate, args=list(argv[2:]), prog_name="buildkit verify artifact")
 
 
 if __name__ == "__main__":

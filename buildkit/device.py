@@ -76,7 +76,8 @@ class DeviceState:
         if not self.identity_pub.is_file() or not self.identity_key.is_file():
             raise UserError(
                 f"device identity {self.identity_key} is missing: the device was added on another build host "
-                f"(or with another {DEVICE_DIR_ENV}); package it there"
+                f"(or with another {DEVICE_DIR_ENV}), so package it there; or its `device add` was killed after "
+                f"the registry recorded it, so revoke it and add the board under a new hostname"
             )
         return load_public_key(self.identity_pub)
 

@@ -101,7 +101,12 @@ def plan_flash(image: Path, device: Path) -> FlashPlan:
 def flash_image(plan: FlashPlan) -> FlashResult:
     """Write the image, then read it back; VerificationFailed when the device returns other bytes."""
     started = time.monotonic()
-    written = write_image(plan)
+    try:
+        written = write_image(plan)
+    except KeyboardInterrupt as exc:
+        raise type(exc)(
+            f"{plan.disk.path} is half-written: its old contents are gone and it will not boot; flash it again"
+        ) from None
     verified_at = time.monotonic()
     read_back, first_difference = read_back_digest(plan)
     done = time.monotonic()

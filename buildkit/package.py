@@ -617,7 +617,7 @@ SD card for @NAME@ @VERSION@ (hostname @HOSTNAME@), packaged by buildkit for @BO
 
 4. Append to the single line of cmdline.txt (pins the overlay: without apkovl= the first
    *.apkovl.tar.gz found on ANY block device wins):
-     apkovl=@MEDIA@:@FILESYSTEM@:/@APKOVL@ console=@CONSOLE@
+     apkovl=/dev/@MEDIA@:@FILESYSTEM@:/@APKOVL@ console=@CONSOLE@
 
 5. Create usercfg.txt (config.txt includes it) with these lines (the hardware RNG the entropy
    gate waits for, @RNG_MODULE@):

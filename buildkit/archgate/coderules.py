@@ -8,7 +8,11 @@ with --no-scan-code never needs it.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from buildkit.schema import Invalid
@@ -45,11 +49,17 @@ DEFAULT_MAX_SCAN_SECONDS = 30  # that one takes 5 s
 @dataclass(frozen=True)
 class Signature:
     """A helper's own instructions, for stripped objects: 32-bit words (hex, as objdump prints
-    them) that must all be there in a row, each compared under its mask (addresses, registers)."""
+    them) that must all be there in a row, each compared under its mask (addresses, registers).
+
+    With `length` and `sha256` it is a whole body: the `length` bytes from the first word (a
+    function, or an assembly file's whole .text with its constant tables) must hash to `sha256`,
+    and then every hit inside them is covered; `words` only find where such a body may start."""
 
     words: tuple[str, ...]
     masks: tuple[str, ...] = ()
     state: Literal["arm"] = "arm"
+    length: int = 0
+    sha256: str = ""
 
     def validate(self) -> None:
         if not self.words:
@@ -58,14 +68,75 @@ class Signature:
             raise Invalid("masks", f"{len(self.masks)} masks for {len(self.words)} words; give one per word or none")
         for key, values in (("words", self.words), ("masks", self.masks)):
             for value in values:
-                if len(value) != 8 or any(c not in "0123456789abcdefABCDEF" for c in value):
+                if not _is_hex(value, 8):
                     raise Invalid(key, f"{value!r} is not a 32-bit word as 8 hex digits")
+        if bool(self.length) != bool(self.sha256):
+            raise Invalid("length", "a whole-body signature needs both length and sha256")
+        if self.length:
+            self._validate_body()
+
+    def _validate_body(self) -> None:
+        if self.length % 4 or self.length < 4 * len(self.words):
+            words = len(self.words)
+            raise Invalid("length", f"{self.length} is not a whole number of words covering the {words} words")
+        if self.masks:
+            raise Invalid("masks", "a whole-body signature is exact bytes; its words take no masks")
+        if not _is_hex(self.sha256, 64):
+            raise Invalid("sha256", f"{self.sha256!r} is not a SHA-256 as 64 hex digits")
 
     @property
     def pattern(self) -> tuple[tuple[int, int], ...]:
         """(mask, value) per word."""
         masks = self.masks or ("ffffffff",) * len(self.words)
         return tuple((int(m, 16), int(w, 16) & int(m, 16)) for w, m in zip(self.words, masks, strict=True))
+
+    @cached_property
+    def _prefix(self) -> bytes:
+        return b"".join(int(w, 16).to_bytes(4, "little") for w in self.words)
+
+    def covers(self, data: bytes, offset: int) -> bool:
+        """The word at `offset` of `data` (code starting on a word boundary) is inside this signature."""
+        return self._inside_body(data, offset) if self.length else self._inside_run(data, offset)
+
+    def _inside_run(self, data: bytes, offset: int) -> bool:
+        pattern = self.pattern
+        word = int.from_bytes(data[offset : offset + 4], "little")
+        for index, (mask, value) in enumerate(pattern):
+            first = offset - 4 * index
+            if word & mask != value or first < 0 or first + 4 * len(pattern) > len(data):
+                continue
+            words = struct.unpack_from(f"<{len(pattern)}I", data, first)
+            if all(w & m == v for w, (m, v) in zip(words, pattern, strict=True)):
+                return True
+        return False
+
+    def _inside_body(self, data: bytes, offset: int) -> bool:
+        starts = self._body_starts(data)
+        first = bisect.bisect_left(starts, offset - self.length + 1)
+        return any((offset - start) % 4 == 0 for start in starts[first : bisect.bisect_right(starts, offset)])
+
+    def _body_starts(self, data: bytes) -> list[int]:
+        """Where in `data` a whole body is: the words there and the SHA-256 right. Found once per
+        region (C-speed searches), kept for the region's next hits."""
+        seen = _BODIES_SEEN.get(self)
+        if seen is None or seen[0] is not data:
+            searchable = data if hasattr(data, "find") else bytes(data)
+            starts, found = [], searchable.find(self._prefix)
+            while found >= 0:
+                body = data[found : found + self.length]
+                if len(body) == self.length and hashlib.sha256(body).hexdigest() == self.sha256:
+                    starts.append(found)
+                found = searchable.find(self._prefix, found + 1)
+            _BODIES_SEEN[self] = seen = (data, starts)
+        return seen[1]
+
+
+# Signature -> (the region's code last searched, the body starts found in it).
+_BODIES_SEEN: dict[Signature, tuple[bytes, list[int]]] = {}
+
+
+def _is_hex(value: str, digits: int) -> bool:
+    return len(value) == digits and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,16 @@ operands, fixed-point VCVT, VCVTB/VCVTT and the ARMv6T2 unprivileged halfword lo
 carry no telling group, DMB/DSB/ISB are only DATABARRIER, CLREX is labelled V7 though ARMv6K has
 it, and Thumb-1 versus Thumb-2 is an encoding question. Those are decided here by encoding masks.
 
-Speed comes from not disassembling what cannot matter. A regular expression over the raw words
-(C speed) steps over every encoding family that holds only ARMv6 instructions (data processing,
-LDR/STR, LDM/STM, B/BL; in Thumb-1 nearly everything) and stops at the candidates: media,
-multiply and extra load/store, misc, coprocessor/VFP/NEON, the unconditional space, and Thumb-2
-prefixes. Only distinct candidate words go through Capstone with detail. tests/unit/test_codescan_prefilter.py
-shows the filter drops nothing the full decode would flag.
+Speed comes from not disassembling what cannot matter. A filter over the raw words (C speed)
+steps over every encoding family that holds only ARMv6 instructions (data processing, LDR/STR,
+LDM/STM, B/BL; in Thumb-1 nearly everything) and keeps the candidates: media, multiply and extra
+load/store, misc, coprocessor/VFP/NEON, the unconditional space, and Thumb-2 prefixes. In ARM
+code it tests a column of bytes at a time (translation tables, big-integer masks), and also drops
+the halfword/doubleword loads and stores and multiplies that are ARMv6 whatever their operands
+(ARM_V6_SAFE: most candidate words of real code); Thumb is stepped by a regular expression, as its
+instructions have two sizes. Only distinct candidate words go through Capstone with detail, and
+each distinct word once per process. tests/unit/test_codescan_prefilter.py shows the filter drops
+nothing the full decode would flag.
 
 Code and data: mapping symbols ($a/$t/$d, aaelf32 "Mapping symbols") split a section into ARM,
 Thumb and data ranges when .symtab has them. Without them (stripped binaries, Go) a section is
@@ -19,8 +23,10 @@ read in the state of most of its STT_FUNC symbols (Thumb bit in the value; ARM w
 none), the functions of the other state in theirs, and these count as data: words that a
 PC-relative load or an ADR reads (literal pools, constants); a table between its address and the
 code that computes it from the PC (`sub r3, pc, #8; sub r10, r3, #1344`: OpenSSL's AES and SHA
-tables); the case addresses after a `ldrls pc, [pc, rI, lsl #2]`; NUL-terminated text. The result
-is evidence with addresses and symbols, not proof.
+tables), cut at the first word a branch or call of the region targets (the functions between a
+table and the ADR that addresses it, as in vpaes-armv7, are code); the case addresses after a
+`ldrls pc, [pc, rI, lsl #2]`; NUL-terminated text. The result is evidence with addresses and
+symbols, not proof.
 
 Runtime dispatch (verify/dispatch/*.toml, coderules.DispatchRule): a hit in code that only runs
 after a runtime CPU check (by symbol, by the library's soname, or by the helper's own bytes) is
@@ -35,11 +41,13 @@ import bisect
 import fnmatch
 import re
 import struct
+import sys
 import time
+from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache, cached_property, partial
-from itertools import pairwise
+from itertools import compress, pairwise
 from typing import Any, NamedTuple
 
 import capstone
@@ -133,7 +141,19 @@ ARM_CANDIDATES = (
     (0x0E000010, 0x06000010),
     (0x0C000000, 0x0C000000),
 )
-ARM_SCAN = _stepper(b"....", _any_of(ARM_CANDIDATES, 4))
+# Candidates that are ARMv4-v6 whatever their registers and offsets, decided without Capstone:
+# nine in ten distinct candidate words of a Debian tree are halfword, signed-byte and doubleword
+# loads and stores (ARM ARM A5.2.8) other than the unprivileged forms (P=0, W=1: LDRHT... are
+# v6T2), and multiplies other than MLS (A5.2.5). No group a profile may reject applies to them.
+ARM_V6_SAFE = (
+    (0x0F0000B0, 0x010000B0),  # LDRH/STRH/LDRSH/STRD, offset or pre-indexed (P=1)
+    (0x0F0000D0, 0x010000D0),  # LDRSB/LDRSH/LDRD/STRD, P=1
+    (0x0F2000B0, 0x000000B0),  # the same post-indexed (P=0, W=0)
+    (0x0F2000D0, 0x000000D0),
+    (0x0FC000F0, 0x00000090),  # MUL, MLA
+    (0x0FF000F0, 0x00400090),  # UMAAL
+    (0x0F8000F0, 0x00800090),  # UMULL, UMLAL, SMULL, SMLAL
+)
 
 # Thumb: 32-bit encodings except the BL/BLX pair (Thumb-1 has it), CBZ/CBNZ, IT and hints, and
 # HLT (ARMv8; undefined on ARMv6).
@@ -148,7 +168,9 @@ ARM_LITERAL_LOAD = 0x0F3F0000, 0x051F0000  # LDR/LDRB Rt, [PC, #+-imm12]
 ARM_VLDR_LITERAL = 0x0F3F0E00, 0x0D1F0A00  # VLDR Sd/Dd, [PC, #+-imm8*4]
 ARM_LDRD_LITERAL = 0x0F7F00F0, 0x014F00D0  # LDRD Rt, Rt2, [PC, #+-imm8]
 ARM_ADR = ((0x0FFF0000, 0x028F0000), (0x0FFF0000, 0x024F0000))  # ADD/SUB Rd, PC, #const
-ARM_PC_RELATIVE = _stepper(b"....", _any_of((ARM_LITERAL_LOAD, ARM_VLDR_LITERAL, ARM_LDRD_LITERAL, *ARM_ADR), 4))
+ARM_LITERAL_LOADS = _stepper(b"....", _any_of((ARM_LITERAL_LOAD, ARM_VLDR_LITERAL, ARM_LDRD_LITERAL), 4))
+ARM_ADDRESS_OF = _stepper(b"....", _any_of(ARM_ADR, 4))
+LITERAL_REACH = 4104  # bytes: a PC-relative load reads at most 4095 from its address + 8, either way
 # GCC's ARM switch dispatch `cmp rI, #N; ldrls pc, [pc, rI, lsl #2]`: after the default-case
 # branch come N+1 words of case addresses (data).
 ARM_TABLE_LOAD = 0x0FFFFFF0, 0x079FF100  # LDR<c> PC, [PC, Rm, LSL #2]
@@ -200,15 +222,23 @@ def _highest_d_register(op_str: str) -> int:
     return max((int(n) if kind == "d" else 2 * int(n) + 1 for kind, n in D_REGISTER.findall(op_str)), default=-1)
 
 
-@cache
+_REJECTED: dict[int, tuple[CodeRules, dict[int, tuple[int, str]]]] = {}
+
+
 def _rejected_group_ids(rules: CodeRules) -> dict[int, tuple[int, str]]:
-    """Capstone group id -> (priority, rule id) for the groups the profile rejects."""
+    """Capstone group id -> (priority, rule id) for the groups the profile rejects; kept by the
+    rules' identity (hashing a CodeRules with its dispatch rules costs more than classify)."""
+    known = _REJECTED.get(id(rules))
+    if known is not None and known[0] is rules:
+        return known[1]
     ids = {name: number for number, name in GROUP_NAMES.items()}
-    return {
+    rejected = {
         ids[group]: (priority, rule)
         for priority, (group, rule) in enumerate(GROUP_RULES)
         if group in rules.reject_groups
     }
+    _REJECTED[id(rules)] = (rules, rejected)
+    return rejected
 
 
 def classify(state: str, code: bytes, insn: capstone.CsInsn, rules: CodeRules) -> str | None:
@@ -238,14 +268,29 @@ def classify(state: str, code: bytes, insn: capstone.CsInsn, rules: CodeRules) -
 UNDECODED = ""  # a verdict: Capstone could not decode the word (data, or an undefined encoding)
 
 
+MAX_REMEMBERED_ENCODINGS = 1 << 19  # about 60 MB of verdicts; real trees have tens of thousands
+
+
+@cache
+def _decisions(rules: CodeRules) -> dict[tuple[str, bytes], str | None]:
+    """classify() per distinct encoding under `rules`, for every object this process scans: the
+    libraries of one tree share most of their candidate words."""
+    return {}
+
+
 @dataclass
 class _Verdicts:
     """classify() per distinct encoding (the decision does not depend on the address), and how
     many candidate words did not decode."""
 
     rules: CodeRules
-    known: dict[tuple[str, bytes], str | None] = field(default_factory=dict)
+    known: dict[tuple[str, bytes], str | None] = field(init=False)
     undecoded: int = 0
+
+    def __post_init__(self) -> None:
+        self.known = _decisions(self.rules)
+        if len(self.known) > MAX_REMEMBERED_ENCODINGS:
+            self.known.clear()
 
     def rule_for(self, state: str, code: bytes) -> str | None:
         key = (state, code)
@@ -570,30 +615,135 @@ def _code_ranges(region: _Region, ranges: list[tuple[int, int, str]]) -> Iterato
 def _candidates(region: _Region, ranges: list[tuple[int, int, str]]) -> list[_Candidate]:
     """The instructions worth decoding, in address order."""
     found = []
+    arm: list[int] | None = None  # the ARM candidates of the whole region, found in one pass
     for start, end, state in _code_ranges(region, ranges):
-        pattern = ARM_SCAN if state == ARM else THUMB_SCAN
-        for match in pattern.finditer(region.data, start, end):
+        if state == ARM:
+            if arm is None:
+                arm = list(_arm_candidate_offsets(region.data, -region.address % 4, len(region.data)))
+            for offset in arm[bisect.bisect_left(arm, start) : bisect.bisect_left(arm, end - 3)]:
+                found.append(_Candidate(region.address + offset, ARM, region.data[offset : offset + 4]))
+            continue
+        for match in THUMB_SCAN.finditer(region.data, start, end):
             if match.group(1) is not None:
                 found.append(_Candidate(region.address + match.start(1), state, match.group(1)))
     return found
 
 
-def _pc_relative_data(region: _Region, ranges: list[tuple[int, int, str]], starts: list[int]) -> set[int]:
+class _ByteTests:
+    """Word patterns ((mask, value) on a little-endian word) as tests on single bytes: each byte
+    position gets one translation table whose output byte has bit k set when the byte passes that
+    position's k-th distinct test, so a column of bytes is tested for every pattern at once."""
+
+    def __init__(self, *pattern_sets: tuple[tuple[int, int], ...]) -> None:
+        tests: list[list[tuple[int, int]]] = [[], [], [], []]
+        self.sets = [[self._bits(tests, mask, value) for mask, value in patterns] for patterns in pattern_sets]
+        if any(len(position) > 8 for position in tests):
+            raise ValueError("more than eight distinct tests on one byte of the word")
+        self.tables = [
+            (index, bytes(sum(1 << k for k, (m, v) in enumerate(position) if b & m == v) for b in range(256)))
+            for index, position in enumerate(tests)
+            if position
+        ]
+
+    @staticmethod
+    def _bits(tests: list[list[tuple[int, int]]], mask: int, value: int) -> list[tuple[int, int]]:
+        """(byte index, bit) of each byte test the pattern needs, registering new tests."""
+        needed = []
+        for index in range(4):
+            test = ((mask >> 8 * index) & 0xFF, (value >> 8 * index) & 0xFF)
+            if test[0]:
+                if test not in tests[index]:
+                    tests[index].append(test)
+                needed.append((index, tests[index].index(test)))
+        return needed
+
+    def matches(self, words: bytes) -> list[int]:
+        """Per pattern set, an integer with one byte per word: 1 where any pattern of the set matches."""
+        count = len(words) // 4
+        ones = int.from_bytes(b"\x01" * count, "little")
+        columns = {index: int.from_bytes(words[index::4].translate(table), "little") for index, table in self.tables}
+        results = []
+        for patterns in self.sets:
+            matched = 0
+            for needed in patterns:
+                passing = ones
+                for index, bit in needed:
+                    passing &= columns[index] >> bit
+                matched |= passing
+            results.append(matched)
+        return results
+
+
+ARM_FILTER = _ByteTests(ARM_CANDIDATES, ARM_V6_SAFE, ARM_CANDIDATES[:1])
+
+
+def _arm_candidate_offsets(data: bytes, start: int, end: int) -> Iterator[int]:
+    """Offsets of the whole words in [start, end) that match ARM_CANDIDATES but not ARM_V6_SAFE
+    (unless unconditional), a column of bytes at a time (a regular expression stepping word by word
+    is five times slower): the bytes go through translation tables at C speed and the columns are
+    combined as big integers, one byte per word."""
+    count = (end - start) // 4
+    if count <= 0:
+        return iter(())
+    candidate, safe, unconditional = ARM_FILTER.matches(data[start : start + 4 * count])
+    selected = (candidate & ~(safe & ~unconditional)).to_bytes(count, "little")
+    return compress(range(start, start + 4 * count, 4), selected)
+
+
+def _pc_relative_data(
+    region: _Region, ranges: list[tuple[int, int, str]], starts: list[int], flagged: list[int]
+) -> set[int]:
     """Addresses of the words (Thumb: halfwords) that PC-relative loads and ADR read, and of the
-    tables behind the code that computes their address from the PC."""
+    tables behind the code that computes their address from the PC. Only the ARM loads near a
+    `flagged` address (sorted) are read: no other can reach one."""
     data: set[int] = set()
+    tables: list[tuple[int, int]] = []
     for start, end, state in _code_ranges(region, ranges):
-        pattern = ARM_PC_RELATIVE if state == ARM else THUMB_PC_RELATIVE
-        for match in pattern.finditer(region.data, start, end):
-            if match.group(1) is None:
-                continue
-            offset, word = match.start(1), int.from_bytes(match.group(1), "little")
-            if state != ARM:
+        if state != ARM:
+            for offset, word in _matches_in(THUMB_PC_RELATIVE, region.data, start, end):
                 data.update(_thumb_literal_halfwords(region.address + offset, word))
-                continue
+            continue
+        for low, high in _windows_near(flagged, region.address, start, end):
+            for offset, word in _matches_in(ARM_LITERAL_LOADS, region.data, low, high):
+                data.update(_arm_loaded_words(region.address + offset, word))
+        for offset, word in _matches_in(ARM_ADDRESS_OF, region.data, start, end):
             data.update(_arm_literal_words(region.address + offset, word))
-            data.update(_tables_before(region, offset, word, starts))
+            tables.extend(t for t in _tables_before(region, offset, word, starts) if _holds_any(flagged, *t))
+    for low, high in _cut_at_branch_targets(tables, _branch_targets_within(region, ranges, tables)):
+        data.update(range(low, high, 4))
     return data
+
+
+def _holds_any(flagged: list[int], low: int, high: int) -> bool:
+    """A flagged address (sorted) in [low, high): only such a table can change the verdict."""
+    index = bisect.bisect_left(flagged, low)
+    return index < len(flagged) and flagged[index] < high
+
+
+def _matches_in(pattern: re.Pattern[bytes], data: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Offset and little-endian value of each instruction a stepper pattern stops at."""
+    for match in pattern.finditer(data, start, end):
+        if match.group(1) is not None:
+            yield match.start(1), int.from_bytes(match.group(1), "little")
+
+
+def _windows_near(flagged: list[int], base: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Word-aligned offset ranges in [start, end) within LITERAL_REACH of a flagged address, merged."""
+    low = bisect.bisect_left(flagged, base + start - LITERAL_REACH)
+    window: list[int] | None = None
+    for address in flagged[low:]:
+        if address >= base + end + LITERAL_REACH:
+            break
+        first = max(start, start + (address - base - LITERAL_REACH - start) // 4 * 4)
+        last = min(end, address - base + LITERAL_REACH)
+        if window is not None and first <= window[1]:
+            window[1] = max(window[1], last)
+            continue
+        if window is not None:
+            yield window[0], window[1]
+        window = [first, last]
+    if window is not None:
+        yield window[0], window[1]
 
 
 MAX_TABLE_BYTES = 4096  # OpenSSL's AES_Te/AES_Td with their S-boxes are 1,344 bytes
@@ -602,11 +752,12 @@ ARM_ADD_IMMEDIATE, ARM_SUB_IMMEDIATE = 0x02800000, 0x02400000
 ARM_DATA_IMMEDIATE_OPCODE = 0x0FE00000
 
 
-def _tables_before(region: _Region, offset: int, word: int, starts: list[int]) -> Iterator[int]:
-    """The words of a table that lies before the code that addresses it from the PC: an ADR (ADD/SUB
-    Rd, PC, #c) and any `add/sub rB, Rd, #c` just after it point back at the table, which then runs
-    up to that code (CRYPTOGAMS' `sub r3, pc, #8; sub r10, r3, #AES_encrypt-AES_Te`), at most
-    MAX_TABLE_BYTES and never into a function a symbol names."""
+def _tables_before(region: _Region, offset: int, word: int, starts: list[int]) -> Iterator[tuple[int, int]]:
+    """The address ranges of tables that lie before the code that addresses them from the PC: an ADR
+    (ADD/SUB Rd, PC, #c) and any `add/sub rB, Rd, #c` just after it point back at the table, which
+    then runs up to that code (CRYPTOGAMS' `sub r3, pc, #8; sub r10, r3, #AES_encrypt-AES_Te`), at
+    most MAX_TABLE_BYTES and never into a function a symbol or the unwind index names. Branch
+    targets cut the ranges further (_cut_at_branch_targets)."""
     address = region.address + offset
     base = _arm_adr_target(address, word)
     if base is None:
@@ -614,8 +765,50 @@ def _tables_before(region: _Region, offset: int, word: int, starts: list[int]) -
     for target in (base, *_derived_addresses(region.data, offset, word >> 12 & 0xF, base)):
         if not region.address <= target < address or target in starts:
             continue
-        end = min(address, target + MAX_TABLE_BYTES, _next_start(starts, target, address))
-        yield from range(target, end, 4)
+        yield target, min(address, target + MAX_TABLE_BYTES, _next_start(starts, target, address))
+
+
+# The top byte of an ARM B/BL<cond> (cond != 0xF) or BLX <imm> (0xFA/0xFB): bits 27-25 are 0b101.
+BRANCH_TOP_BYTES = bytes(int(b & 0x0E == 0x0A) for b in range(256))
+
+
+def _branch_targets_within(
+    region: _Region, ranges: list[tuple[int, int, str]], tables: list[tuple[int, int]]
+) -> list[int]:
+    """Sorted word addresses inside `tables` that an ARM B, BL or BLX <imm> of the region jumps or
+    calls to: code, whatever a table heuristic says (a stripped object's local functions, like
+    vpaes' `_vpaes_preheat`, have no symbol and no unwind entry, only their callers). Words of data
+    that happen to read as branches can only cut a table short, never hide code."""
+    if not tables:
+        return []
+    low, high = min(start for start, _ in tables), max(end for _, end in tables)
+    targets: set[int] = set()
+    for start, end, state in _code_ranges(region, ranges):
+        if state != ARM:
+            continue
+        selected = region.data[start + 3 : end : 4].translate(BRANCH_TOP_BYTES)
+        words = _little_endian_words(region.data[start : end - (end - start) % 4])
+        for offset, word in zip(compress(range(start, end - 3, 4), selected), compress(words, selected), strict=True):
+            displacement = (word & 0xFFFFFF ^ 0x800000) - 0x800000
+            target = (region.address + offset + 8 + 4 * displacement) & 0xFFFFFFFC
+            if low <= target < high:
+                targets.add(target)
+    return sorted(targets)
+
+
+def _little_endian_words(data: bytes) -> array[int]:
+    words = array("I", data)
+    if sys.byteorder == "big":
+        words.byteswap()
+    return words
+
+
+def _cut_at_branch_targets(tables: list[tuple[int, int]], targets: list[int]) -> Iterator[tuple[int, int]]:
+    """Each table up to the first branch target in it; none at all when its first word is one."""
+    for low, high in tables:
+        cut = _next_start(targets, low - 1, high)
+        if cut > low:
+            yield low, min(high, cut)
 
 
 def _derived_addresses(data: bytes, offset: int, register: int, base: int) -> Iterator[int]:
@@ -762,7 +955,7 @@ class _Dispatch:
     def __init__(self, rules: tuple[DispatchRule, ...], soname: str | None) -> None:
         self.by_soname = [r for r in rules if soname is not None and soname in r.sonames]
         self.by_symbol = [r for r in rules if r.symbols]
-        self.by_signature = [(r, sig.pattern) for r in rules for sig in r.signatures]
+        self.by_signature = [(r, sig) for r in rules for sig in r.signatures]
         self.counts: dict[tuple[str, str], int] = {}
         self.examples: dict[tuple[str, str], list[CodeHit]] = {}
         self.rules = {r.id: r for r in rules}
@@ -776,8 +969,8 @@ class _Dispatch:
                 if rule in dispatch.rules and any(fnmatch.fnmatchcase(symbol, glob) for glob in dispatch.symbols):
                     return dispatch
         if candidate.state == ARM:
-            for dispatch, pattern in self.by_signature:
-                if rule in dispatch.rules and _inside_signature(region, candidate.address, pattern):
+            for dispatch, signature in self.by_signature:
+                if rule in dispatch.rules and signature.covers(region.data, candidate.address - region.address):
                     return dispatch
         return None
 
@@ -801,20 +994,6 @@ class _Dispatch:
             )
             for (rule_id, rule), count in sorted(self.counts.items())
         )
-
-
-def _inside_signature(region: _Region, address: int, pattern: tuple[tuple[int, int], ...]) -> bool:
-    """The word at `address` is one of the signature's, and the whole signature is there around it."""
-    offset = address - region.address
-    word = int.from_bytes(region.data[offset : offset + 4], "little")
-    for index, (mask, value) in enumerate(pattern):
-        first = offset - 4 * index
-        if word & mask != value or first < 0 or first + 4 * len(pattern) > len(region.data):
-            continue
-        words = struct.unpack_from(f"<{len(pattern)}I", region.data, first)
-        if all(w & m == v for w, (m, v) in zip(words, pattern, strict=True)):
-            return True
-    return False
 
 
 def _symbol_name(symbols: _SectionSymbols | None, address: int) -> str | None:
@@ -848,7 +1027,8 @@ def scan_elf(elf: Any, rules: CodeRules, soname: str | None = None) -> CodeScanR
         flagged = [(c, rule) for c in _candidates(region, ranges) if (rule := verdicts.rule_for(c.state, c.code))]
         if flagged and not marks:
             starts = section_symbols.function_starts if section_symbols else []
-            literal = _pc_relative_data(region, ranges, starts) | _jump_table_words(region, ranges)
+            addresses = sorted(c.address for c, _ in flagged)
+            literal = _pc_relative_data(region, ranges, starts, addresses) | _jump_table_words(region, ranges)
             flagged = [
                 (c, rule)
                 for c, rule in flagged

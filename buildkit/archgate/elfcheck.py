@@ -16,7 +16,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, TypeAlias
 
-from elftools.elf.descriptions import describe_attr_tag_arm
 from elftools.elf.enums import ENUM_ATTR_TAG_ARM, ENUM_E_MACHINE, ENUM_E_TYPE
 
 from buildkit.archgate.model import Severity
@@ -421,6 +420,8 @@ def _unknown_tags(attributes: tuple[Attribute, ...]) -> list[Issue]:
 
 def describe_value(key: str, value: int | str) -> str:
     """readelf's wording for a tag's value ("v6KZ", "VFPv2"), or the number when there is none."""
+    from elftools.elf.descriptions import describe_attr_tag_arm  # its tables: only for an object examined
+
     try:
         text = describe_attr_tag_arm(key, value, None)
     except (KeyError, IndexError, TypeError, AttributeError):

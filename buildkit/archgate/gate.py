@@ -4,14 +4,21 @@ Rules per object, in order: it parses (a file that starts with \\x7fELF and does
 violation, never a skip); the header; `.ARM.attributes`; without attributes the Go build info;
 and when neither says what the code needs (or `scan_code`), the Capstone scan. Trees then get the
 dynamic-closure check. Waivers turn matching errors into `waived` findings that stay visible.
+
+Objects whose verdict the cache (archgate.verdicts) does not hold are examined in worker
+processes, one per CPU (BUILDKIT_GATE_JOBS), largest first: the code scan is CPU-bound, and the
+user waits for the wall time. A run whose verdicts are all cached never loads pyelftools,
+Capstone or multiprocessing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import mmap
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
@@ -31,7 +38,6 @@ from buildkit.archgate.elfcheck import (
     open_elf,
     read_attributes,
 )
-from buildkit.archgate.gobuildinfo import GoBuildInfo, read_go_buildinfo, read_go_function_table
 from buildkit.archgate.model import Finding, GateReport, ObjectInfo, Severity
 from buildkit.archgate.profile import Profile, Waiver, load_profile, load_waivers
 from buildkit.archgate.verdicts import VerdictCache, open_cache
@@ -47,8 +53,10 @@ from buildkit.walk import (
     size_from_env,
 )
 
-if TYPE_CHECKING:  # pyelftools' reader is loaded only when an object is parsed (elfreader)
+if TYPE_CHECKING:  # pyelftools' reader and the Go reader are loaded only when an object is parsed
     from elftools.elf.elffile import ELFFile
+
+    from buildkit.archgate.gobuildinfo import GoBuildInfo
 
 ELF_MAGIC = b"\x7fELF"
 # strict: every DT_NEEDED must resolve in the tree; auto: only in a tree that holds its own loader
@@ -188,19 +196,23 @@ def _gate_tree(
         result.findings.append(_platform_finding(tree, options.platforms))
     links: dict[str, LinkFacts] = {}
     findings = _Findings(tree, profile, waivers)
+    objects = []
     for rel in tree.files:
-        if not _starts_like_elf(tree.root / rel):
+        if _starts_like_elf(tree.root / rel):
+            objects.append(rel)
+        else:
             _gate_nested(tree, rel, profile, options, waivers, depth, result)
-            continue
-        checked = _check_object(tree, rel, profile, options)
+    checked_objects = _check_objects(tree, objects, profile, options)
+    for rel in objects:
+        checked = checked_objects[rel]
         result.objects.append(checked.info)
         result.findings.extend(findings.for_object(rel, checked))
         if checked.link is not None:
             links[rel] = checked.link
     # A wheel's libraries come from the system it is installed on.
     if tree.is_tree and not findings.in_wheel and options.closure != "off":
-        partial = options.closure == "auto" and not holds_a_loader(tree.resolve, links, profile.closure)
-        for rel, issue in check_closure(tree.resolve, links, profile.closure, partial):
+        partial_tree = options.closure == "auto" and not holds_a_loader(tree.resolve, links, profile.closure)
+        for rel, issue in check_closure(tree.resolve, links, profile.closure, partial_tree):
             result.findings.append(findings.from_issue(rel, issue))
     return result
 
@@ -282,37 +294,155 @@ def _starts_like_elf(path: Path) -> bool:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def _check_object(tree: ArtifactTree, rel: str, profile: Profile, options: _Options) -> _ObjectResult:
-    """Every rule for one object, read through a read-only mapping (never into memory whole: the
-    kernel pages in what the rules touch), or its verdict from the cache."""
+@dataclass(frozen=True)
+class _Pending:
+    """An object the cache had no verdict for: examined here or in a worker process."""
+
+    rel: str
+    shown: str
+    digest: str
+    size: int
+
+
+def _check_objects(
+    tree: ArtifactTree, rels: Sequence[str], profile: Profile, options: _Options
+) -> dict[str, _ObjectResult]:
+    """Every rule for each object, or its verdict from the cache; the objects the cache does not
+    know are examined on every CPU the process may use (the scan is CPU-bound, one object each)."""
+    results: dict[str, _ObjectResult] = {}
+    pending: list[_Pending] = []
+    for rel in rels:
+        known = _known_result(tree, rel, options)
+        if isinstance(known, _Pending):
+            pending.append(known)
+        else:
+            results[rel] = known
+    for item, result in _examine_all(tree.root, pending, profile, options.scan_code):
+        results[item.rel] = result
+        if options.cache:
+            options.cache.put(item.digest, _to_entry(result))
+    return results
+
+
+def _known_result(tree: ArtifactTree, rel: str, options: _Options) -> _ObjectResult | _Pending:
+    """What is decided without parsing: the size cap, the mapping, the cached verdict. The digest
+    is taken through a read-only mapping (never into memory whole)."""
     path = tree.root / rel
     shown = tree.display_path(rel)
     if (too_big := _over_size_limit(path, shown)) is not None:
         return too_big
     try:
-        handle = open(path, "rb")
+        with _mapped(path) as data:
+            digest, size = hashlib.sha256(data).hexdigest(), len(data)
+    except _Unmappable as exc:
+        return _limit_result(shown, "", f"{exc.size} bytes cannot be mapped: {exc.reason}", size=exc.size)
     except OSError as exc:
         raise UserError(f"{shown}: cannot read: {exc.strerror}") from None
-    with handle:
+    cached = options.cache.get(digest) if options.cache else None
+    if cached is not None:
+        return _from_entry(cached, shown, rel)
+    return _Pending(rel, shown, digest, size)
+
+
+class _Unmappable(Exception):
+    def __init__(self, size: int, reason: str) -> None:
+        super().__init__(reason)
+        self.size, self.reason = size, reason
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[mmap.mmap]:
+    """The file as a read-only mapping: the kernel pages in what the rules touch."""
+    with open(path, "rb") as handle:
         try:
             data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as exc:  # ENOMEM: no address space left for it
-            size = path.stat().st_size
-            return _limit_result(shown, "", f"{size} bytes cannot be mapped: {_one_line(exc)}", size=size)
+        except (OSError, ValueError) as exc:  # ENOMEM: no address space left for it; ValueError: empty
+            raise _Unmappable(os.fstat(handle.fileno()).st_size, _one_line(exc)) from None
         with data:
-            digest = hashlib.sha256(data).hexdigest()
-            cached = options.cache.get(digest) if options.cache else None
-            if cached is not None:
-                return _from_entry(cached, shown, rel)
-            result = _examine(data, tree, rel, shown, digest, profile, options.scan_code)
-    if options.cache:
-        options.cache.put(digest, _to_entry(result))
-    return result
+            yield data
 
 
-def _examine(
-    data: mmap.mmap, tree: ArtifactTree, rel: str, shown: str, digest: str, profile: Profile, scan_code: bool
-) -> _ObjectResult:
+JOBS_ENV = "BUILDKIT_GATE_JOBS"
+MIN_PARALLEL_BYTES = 1 << 20  # less than this is examined sooner than worker processes start
+BATCHES_PER_JOB = 8  # a big object goes to a worker alone, small ones a few at a time (each trip costs)
+MAX_BATCH = 16
+
+
+def _examine_all(
+    root: Path, pending: list[_Pending], profile: Profile, scan_code: bool
+) -> Iterator[tuple[_Pending, _ObjectResult]]:
+    """On every CPU the process may use (BUILDKIT_GATE_JOBS sets how many; without it a little
+    work stays in this process), largest first, so that a big object does not end the run alone."""
+    pending = sorted(pending, key=lambda item: -item.size)
+    jobs = _jobs(sum(item.size for item in pending))
+    if min(jobs, len(pending)) < 2:
+        for item in pending:
+            yield item, _examine_path(root, item, profile, scan_code)
+        return
+    import multiprocessing  # not for a run whose verdicts all come from the cache
+    from concurrent.futures import ProcessPoolExecutor
+
+    import buildkit.archgate.codescan
+    import buildkit.archgate.elfreader  # noqa: F401 - loaded once here, not once per worker
+
+    _FORKED_WORK[:] = [(root, profile, scan_code)]
+    gc.freeze()  # the workers' collections then leave the inherited objects' pages unwritten (copy-on-write)
+    context = multiprocessing.get_context("fork")  # the workers inherit the loaded modules and _FORKED_WORK
+    executor = ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context)
+    try:
+        batches = _batches(pending, sum(item.size for item in pending) // (BATCHES_PER_JOB * jobs))
+        for batch, results in zip(batches, executor.map(_examine_in_worker, batches), strict=True):
+            yield from zip(batch, results, strict=True)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        _FORKED_WORK.clear()
+        gc.unfreeze()
+
+
+# What every worker examines with, inherited when it is forked rather than sent with each object:
+# sending the profile costs more than a small object's scan, and a new copy per object would defeat
+# the caches the scan keeps by its rules (the verdict per distinct encoding).
+_FORKED_WORK: list[tuple[Path, Profile, bool]] = []
+
+
+def _examine_in_worker(batch: list[_Pending]) -> list[_ObjectResult]:
+    root, profile, scan_code = _FORKED_WORK[0]
+    return [_examine_path(root, item, profile, scan_code) for item in batch]
+
+
+def _batches(pending: list[_Pending], target_bytes: int) -> list[list[_Pending]]:
+    """Consecutive objects (largest first) grouped up to `target_bytes` or MAX_BATCH objects."""
+    batches: list[list[_Pending]] = []
+    size = 0
+    for item in pending:
+        if not batches or size + item.size > target_bytes or len(batches[-1]) >= MAX_BATCH:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += item.size
+    return batches
+
+
+def _jobs(work_bytes: int) -> int:
+    raw = os.environ.get(JOBS_ENV, "")
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise UserError(f"{JOBS_ENV}={raw!r}: expected a whole number of processes, at least 1")
+        return int(raw)
+    return len(os.sched_getaffinity(0)) if work_bytes >= MIN_PARALLEL_BYTES else 1
+
+
+def _examine_path(root: Path, item: _Pending, profile: Profile, scan_code: bool) -> _ObjectResult:
+    try:
+        with _mapped(root / item.rel) as data:
+            return _examine(data, item.rel, item.shown, item.digest, profile, scan_code)
+    except _Unmappable as exc:
+        return _limit_result(item.shown, "", f"{exc.size} bytes cannot be mapped: {exc.reason}", size=exc.size)
+    except OSError as exc:
+        raise UserError(f"{item.shown}: cannot read: {exc.strerror}") from None
+
+
+def _examine(data: mmap.mmap, rel: str, shown: str, digest: str, profile: Profile, scan_code: bool) -> _ObjectResult:
     """Anything that goes wrong while reading the object is the `elf.parse` violation: the gate
     fails closed on what it cannot read."""
     stream = cast(BinaryIO, data)  # a mapping reads, seeks and tells as a file does
@@ -324,7 +454,7 @@ def _examine(
         from buildkit.archgate.elfreader import pyelftools_reader  # pyelftools: not for cached verdicts
 
         reader = pyelftools_reader(stream)
-        return _inspect(elf, reader, tree, rel, shown, digest, profile, scan_code)
+        return _inspect(elf, reader, rel, shown, digest, profile, scan_code)
     except Exception as exc:  # noqa: BLE001 - pyelftools and the scan raise many kinds on damaged input
         issue = Issue(
             "elf.parse",
@@ -392,7 +522,6 @@ def _limit_result(shown: str, digest: str, message: str, **evidence: int) -> _Ob
 def _inspect(
     elf: ElfFile,
     reader: ELFFile,
-    tree: ArtifactTree,
     rel: str,
     shown: str,
     digest: str,
@@ -412,6 +541,8 @@ def _inspect(
     if attributes is not None:
         checks.append("attributes")
         issues.extend(check_attributes(attributes, profile.attributes))
+    from buildkit.archgate.gobuildinfo import read_go_buildinfo
+
     go = read_go_buildinfo(elf)
     if go is not None:
         checks.append("go")
@@ -473,6 +604,8 @@ def _add_code_hits(
         )
         return "limits"
     result.dispatched = scan.dispatched
+    from buildkit.archgate.gobuildinfo import read_go_function_table
+
     go_functions = read_go_function_table(elf) if go and any(h.symbol is None for h in scan.hits) else None
     for hit in scan.hits:
         symbol = hit.symbol

@@ -36,7 +36,8 @@ def make_fleet(count: int, prefix: str = "sim") -> list[SimulatedDevice]:
     ]
 
 
-def enrol_fleet(registry: Registry, fleet: list[SimulatedDevice], release: Release) -> None:
+def enrol_fleet(registry: Registry, fleet: list[SimulatedDevice], release: Release, card: dict[str, str]) -> None:
+    """Each device provisioned with `release` and the card files `card` (path -> sha256) on its card."""
     for device in fleet:
         public = device.key.public()
         registry.add_device(
@@ -54,7 +55,7 @@ def enrol_fleet(registry: Registry, fleet: list[SimulatedDevice], release: Relea
             "0",
             release.manifest_sha256,
             public.key_id,
-            [CardFile("x", "0" * 64, 1)],
+            [CardFile(path, sha256, 1) for path, sha256 in sorted(card.items())],
             "simulate",
         )
 

@@ -7,27 +7,25 @@ used in the same statement that checks it is unused, so two reports can never sh
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from buildkit.errors import UserError
+from buildkit.registry.engine import Migration, database_url, migrate, migrations_table, open_engine, transaction
 
-SCHEMA_VERSION = 1
+WHAT = "attestation store"  # in messages
+_PG_MIGRATION_LOCK = 0x6B69745F6174  # pg_advisory_xact_lock key of this store's migrations
 metadata = sa.MetaData()
-
-meta_table = sa.Table(
-    "attest_meta",
-    metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(256), nullable=False),
-)
+attest_migrations = migrations_table(metadata, "attest_migrations")
 nonces = sa.Table(
     "attest_nonces",
     metadata,
@@ -103,68 +101,115 @@ class Baseline:
     files: dict[str, str]
 
 
-def open_engine(url: str) -> Engine:
-    """An engine for `url` with the schema in place (created when missing, its version checked)."""
-    try:
-        parsed = sa.engine.make_url(url)
-        if parsed.drivername == "sqlite":
-            engine = sa.create_engine(parsed, connect_args={"timeout": 30})
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
-        elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
-            engine = sa.create_engine(parsed.set(drivername="postgresql+psycopg"), pool_size=10, max_overflow=20)
-        else:
-            raise UserError(f"{safe_url(url)}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
-        metadata.create_all(engine)
-        with engine.begin() as conn:
-            found = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema")).scalar()
-            if found is None:
-                conn.execute(sa.insert(meta_table).values(key="schema", value=str(SCHEMA_VERSION)))
-            elif found != str(SCHEMA_VERSION):
-                raise UserError(
-                    f"{safe_url(url)}: attestation store schema {found}, this buildkit reads {SCHEMA_VERSION}"
-                )
-    except sa.exc.ArgumentError:
-        raise UserError(f"{safe_url(url)}: not a database URL (sqlite:///PATH or postgresql://...)") from None
-    except sa.exc.SQLAlchemyError as exc:
-        raise UserError(f"{safe_url(url)}: cannot open the attestation store: {exc.__class__.__name__}") from None
-    return engine
+def _create_v1(conn: Connection) -> None:
+    # checkfirst: a store written before its migrations were recorded has these tables already.
+    metadata.create_all(conn, tables=[nonces, reports, decisions, baselines], checkfirst=True)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed row survives a crash of the process
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+MIGRATIONS: tuple[Migration, ...] = ((1, "nonces, reports, decisions, baselines", _create_v1),)
 
 
-def safe_url(url: str) -> str:
-    """`url` without its password, for messages."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "the store URL"
+T = TypeVar("T")
+BATCH_LIMIT = 256  # jobs per commit, at most
+
+
+@dataclass
+class _Job(Generic[T]):
+    work: Callable[[Connection], T]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: T | None = None
+    error: BaseException | None = None
+
+
+class Writer:
+    """The one thread that writes, on one connection, in batches (group commit): the jobs that
+    arrived while a batch was committing make the next batch, each in a savepoint of its
+    transaction, so a job that fails takes only its own writes back. A job's caller is answered
+    after the commit, so nothing acknowledged can be lost; one fsync serves the whole batch, and
+    no thread waits out SQLite's busy back-off."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="attest-store-writer", daemon=True)
+        self._thread.start()
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        job: _Job[T] = _Job(work)
+        self._jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            batch = [first] if first is not None else []
+            stopping = first is None
+            with contextlib.suppress(queue.Empty):
+                while not stopping and len(batch) < BATCH_LIMIT:
+                    job = self._jobs.get_nowait()
+                    stopping = job is None
+                    batch += [job] if job is not None else []
+            if batch:
+                self._commit(batch)
+
+    def _commit(self, batch: list[_Job[Any]]) -> None:
+        try:
+            with transaction(self.engine, True, WHAT) as conn:
+                for job in batch:
+                    try:
+                        with conn.begin_nested():
+                            job.result = job.work(conn)
+                    except Exception as exc:  # noqa: BLE001 - the job's caller gets it, the batch goes on
+                        job.error = exc
+        except Exception as exc:  # noqa: BLE001 - nothing of the batch is stored: every caller is told
+            for job in batch:
+                job.error = job.error or exc
+        for job in batch:
+            job.done.set()
 
 
 class Store:
+    """The records at `url`. The verifier's service writes through `write` (one writer thread, group
+    commit); `transaction` is a writing transaction of the caller's own, for a one-off command."""
+
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = open_engine(url)
+        self.engine = open_engine(database_url(url, WHAT), WHAT)
+        migrate(self.engine, attest_migrations, MIGRATIONS, _PG_MIGRATION_LOCK, WHAT)
+        self._writer: Writer | None = None
+        self._writer_started = threading.Lock()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
         self.engine.dispose()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        with transaction(self.engine, True, WHAT) as conn:
             yield conn
+
+    def write(self, work: Callable[[Connection], T]) -> T:
+        """`work` run by the writer in a transaction; its result once that transaction committed."""
+        with self._writer_started:
+            if self._writer is None:
+                self._writer = Writer(self.engine)
+        return self._writer.run(work)
 
     # --- nonces -------------------------------------------------------------------------
 
     def add_nonce(self, nonce: str, hostname: str, ttl: float, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        with self.transaction() as conn:
-            conn.execute(sa.insert(nonces).values(nonce=nonce, hostname=hostname, issued_at=now, expires_at=now + ttl))
+        at = time.time() if now is None else now
+        row = {"nonce": nonce, "hostname": hostname, "issued_at": at, "expires_at": at + ttl}
+        self.write(lambda conn: conn.execute(sa.insert(nonces).values(**row)))
 
     def consume_nonce(self, conn: Connection, nonce: str, hostname: str, now: float) -> str:
         """ "" when `nonce` was issued to `hostname`, unused and unexpired (it is then used); else why not."""

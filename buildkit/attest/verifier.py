@@ -10,9 +10,11 @@ up a device's nonces or move its counter:
    expired;
 4. its boot counter: never lower than the last accepted report's, and higher for a new boot id;
 5. its measurements against the expected set: the files the device's release manifest pins (the
-   manifest itself, the apkovl, the payload image) and its card files in the registry, overridden
-   by an operator's approval; files neither pins are compared with the device's first accepted
-   report (trust on first use).
+   manifest itself, the apkovl, the payload image) and its card files in the registry (what
+   `buildkit package --device` and `buildkit image --device` wrote: the boot files too), overridden
+   by an operator's approval; a file none of them vouches for is compared with the device's first
+   accepted report (trust on first use), and each decision names it (`tofu: PATH`), which alone
+   does not quarantine.
 
 Steps 1-4 failing reject the report (HTTP 4xx, no verdict: the device then follows its policy for
 an unreachable verifier); step 5 gives `allow` or `quarantine` with the reasons, signed.
@@ -28,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from buildkit import sign
 from buildkit.attest.report import (
@@ -49,6 +53,7 @@ from buildkit.layout import MANIFEST
 DEFAULT_NONCE_TTL = 60.0
 NONCE_BYTES = 16  # 128 bits
 REVOKED = "revoked"
+TOFU = "tofu: "  # the reason that names a file only the first report vouches for; it does not quarantine
 
 
 @dataclass(frozen=True)
@@ -141,32 +146,39 @@ class Verifier:
             verify_envelope(envelope, enrolled.public_key)
         except (VerificationFailed, UserError) as exc:
             return self._reject(now, report, envelope, 403, f"signature: {exc}")
-        with self.store.transaction() as conn:
-            why = self.store.consume_nonce(conn, report.nonce, report.hostname, now)
-            if not why:
-                why = _counter_problem(report, self.store.last_accepted(conn, report.hostname))
-            if why:
-                self._record(conn, now, report, envelope, why)
-                return Outcome(409 if why.startswith("boot counter") else 403, f"rejected: {why}\n".encode())
-            report_id = self._record(conn, now, report, envelope, "")
-            baseline = self.store.baseline(conn, report.hostname)
-            reasons = measurement_problems(report, enrolled, self.releases.get(enrolled.manifest_sha256), baseline)
-            if baseline is None:
-                self.store.add_baseline(conn, now, report.hostname, "first-report", report.files)
-            decision = "quarantine" if reasons else "allow"
-            self.store.add_decision(conn, now, report.hostname, report_id, decision, reasons)
+        why, decision, reasons = self.store.write(lambda conn: self._decide(conn, now, report, envelope, enrolled))
+        if why:
+            return Outcome(409 if why.startswith("boot counter") else 403, f"rejected: {why}\n".encode())
         if self.on_decision is not None:
             self.on_decision(report.hostname, decision, reasons)
         verdict = Verdict(report.hostname, report.nonce, decision, reasons, _sha256(envelope.message))
         answer = sign_message(verdict.to_bytes(), self.key, f"{VERDICT_COMMENT}:{report.hostname}")
         return Outcome(200, answer.to_bytes(), verdict)
 
-    def _reject(self, now: float, report: Report, envelope: Envelope, status: int, why: str) -> Outcome:
-        with self.store.transaction() as conn:
+    def _decide(
+        self, conn: Connection, now: float, report: Report, envelope: Envelope, enrolled: Enrolled
+    ) -> tuple[str, str, tuple[str, ...]]:
+        """(why the report is rejected, "", ()) or ("", the decision, its reasons): stored in `conn`."""
+        why = self.store.consume_nonce(conn, report.nonce, report.hostname, now)
+        if not why:
+            why = _counter_problem(report, self.store.last_accepted(conn, report.hostname))
+        if why:
             self._record(conn, now, report, envelope, why)
+            return why, "", ()
+        report_id = self._record(conn, now, report, envelope, "")
+        baseline = self.store.baseline(conn, report.hostname)
+        reasons = measurement_problems(report, enrolled, self.releases.get(enrolled.manifest_sha256), baseline)
+        if baseline is None:
+            self.store.add_baseline(conn, now, report.hostname, "first-report", report.files)
+        decision = "quarantine" if quarantines(reasons) else "allow"
+        self.store.add_decision(conn, now, report.hostname, report_id, decision, reasons)
+        return "", decision, reasons
+
+    def _reject(self, now: float, report: Report, envelope: Envelope, status: int, why: str) -> Outcome:
+        self.store.write(lambda conn: self._record(conn, now, report, envelope, why))
         return Outcome(status, f"rejected: {why}\n".encode())
 
-    def _record(self, conn: Any, now: float, report: Report, envelope: Envelope, rejection: str) -> int:
+    def _record(self, conn: Connection, now: float, report: Report, envelope: Envelope, rejection: str) -> int:
         return self.store.add_report(
             conn,
             now,
@@ -207,7 +219,8 @@ def expected_files(enrolled: Enrolled, release: Release | None, baseline: Baseli
 def measurement_problems(
     report: Report, enrolled: Enrolled, release: Release | None, baseline: Baseline | None
 ) -> tuple[str, ...]:
-    """Why the device must be quarantined; () to allow it."""
+    """Why the device must be quarantined, and the files trusted on first use (TOFU): () to allow
+    it without reservation."""
     reasons = []
     if enrolled.state == REVOKED:
         reasons.append("the registry has revoked this device")
@@ -218,6 +231,11 @@ def measurement_problems(
         )
     expected = expected_files(enrolled, release, baseline)
     release_pins = set(release.pins) if release else set()
+    vouched = {
+        *enrolled.card_files,
+        *release_pins,
+        *(baseline.files if baseline and baseline.source == "approval" else ()),
+    }
     for path in sorted(set(expected) | set(report.files)):
         measured, wanted = report.files.get(path), expected.get(path)
         if wanted is None:
@@ -229,7 +247,11 @@ def measurement_problems(
             reasons.append(f"missing: {path}")
         elif measured != wanted:
             reasons.append(f"mismatch: {path}")
-    return tuple(reasons)
+    return (*reasons, *(f"{TOFU}{path}" for path in sorted(set(report.files) - vouched)))
+
+
+def quarantines(reasons: tuple[str, ...]) -> bool:
+    return any(not reason.startswith(TOFU) for reason in reasons)
 
 
 def approve(store: Store, hostname: str, actor: str, clock: Callable[[], float] = time.time) -> str:

@@ -158,6 +158,7 @@ def _gate_cached(ctx: BuildContext, cached_dir: Path) -> GateReport:
         extra_waivers=gate.waivers,
         display_root=PAYLOAD_DIR,
         profile_base=ctx.recipe.path.parent,
+        cache_dir=ctx.cache_dir,  # per-object verdicts: a rebuilt payload re-checks only what changed
     )
     write_bytes_atomic(verdict_file, json.dumps(report.to_dict(), sort_keys=True).encode())
     return report

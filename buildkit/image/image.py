@@ -32,6 +32,7 @@ from typing import Any
 
 from buildkit import layout
 from buildkit.archgate.gate import verify_artifacts
+from buildkit.build.stage import BUILD_INFO
 from buildkit.errors import UserError, VerificationFailed
 from buildkit.fsutil import atomic_output, sha256_file, sorted_tree, source_date_epoch
 from buildkit.image.apkindex import (
@@ -51,7 +52,7 @@ from buildkit.image.release import CMDLINE, REPOSITORY_DIR, USERCFG, VERSION_RE,
 from buildkit.progress import step
 from buildkit.resources import VERIFY_DIR
 from buildkit.sign import load_public_key, verify_file
-from buildkit.target import Target, load_target
+from buildkit.target import Target, load_target, profile_path
 
 ALPINE_KEYS_DIR = VERIFY_DIR / "alpine-keys"
 DEFAULT_SIZE = 256 << 20
@@ -92,6 +93,8 @@ class ImageResult:
     files: tuple[str, ...]  # every regular file on the card, sorted
     packages: tuple[BootPackage, ...]
     source_date_epoch: int
+    file_sha256: dict[str, str]  # of every file in `files`: what the device's registry record pins
+    file_size: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,11 @@ def build_image(
     apk_repos: Sequence[str] = (),
     apk_keys: Path | None = None,
     epoch: int | None = None,
+    profile: str | None = None,
 ) -> ImageResult:
     """Write the card for `out_dir` into `output` (an image file) or `directory` (exactly one).
-    `apk_repos` default to the tarball's own apks/; `apk_keys` to Alpine's keys (verify/alpine-keys)."""
+    `apk_repos` default to the tarball's own apks/; `apk_keys` to Alpine's keys (verify/alpine-keys);
+    `profile` (a name or a TOML file) to the one the package was built for, which it must be."""
     if (output is None) == (directory is None):
         raise UserError("give either -o IMAGE or --dir DIR (one of them)")
     if directory is not None:
@@ -129,7 +134,8 @@ def build_image(
         layout_for(size, 0, 0, VOLUME_LABEL)  # a size too small fails before any work
     when = source_date_epoch() if epoch is None else epoch
     package = _read_package(out_dir)
-    target = load_target(package.profile)
+    profile = _package_profile(package, profile)
+    target = load_target(profile)
     keys = load_trusted_keys(apk_keys or ALPINE_KEYS_DIR)
     with (
         open_release(alpine, alpine_sha256, target.boot) as release,
@@ -146,7 +152,7 @@ def build_image(
             _release_repository(release, target)
         ]
         packages = _write_boot_repositories(package, repos, keys, release, card)
-        _gate_packages(card, len(repos), package.profile)
+        _gate_packages(card, len(repos), profile)
         files = tuple(p.relative_to(card).as_posix() for p in sorted_tree(card) if p.is_file())
         disk_id, volume_id = _ids(card, files, size)
         result = ImageResult(
@@ -169,6 +175,8 @@ def build_image(
             files=files,
             packages=tuple(packages),
             source_date_epoch=when,
+            file_sha256={path: sha256_file(card / path) for path in files},
+            file_size={path: (card / path).stat().st_size for path in files},
         )
         if directory is not None:
             _write_directory(card, directory)
@@ -249,6 +257,9 @@ def _copy_package_files(package: _Package, card: Path) -> None:
     signatures = sorted(p.name for p in package.out_dir.glob(layout.SIGNATURE_GLOB))  # every key's, when rotating
     for name in (package.apkovl, package.payload_image, *OUT_CARD_FILES, *signatures):
         _copy(package.out_dir / name, card / name)
+    # The build's record, whose [smoke] table `buildkit smoke --system card.img` runs.
+    if (package.out_dir / BUILD_INFO).is_file():
+        _copy(package.out_dir / BUILD_INFO, card / BUILD_INFO)
 
 
 def _copy_device_files(package: _Package, device: str, card: Path) -> None:
@@ -331,6 +342,19 @@ def _write_package(repo: ApkRepository, located: Located, card: Path) -> BootPac
     rel = f"{repository_card_dir(located.repository)}/{repo.arch}/{entry.file_name}"
     (card / rel).write_bytes(data)
     return BootPackage(entry.name, entry.version, entry.checksum, rel)
+
+
+def _package_profile(package: _Package, given: str | None) -> str:
+    """The profile the package names, or the one given for it: a profile file outside verify/profiles
+    is known to the package only by its name (the file's stem)."""
+    if given is None:
+        return package.profile
+    if profile_path(given).stem != package.profile:
+        raise UserError(
+            f"--profile {given}: {package.out_dir} was built for the profile {package.profile!r}; "
+            f"give that profile's file"
+        )
+    return given
 
 
 def _gate_packages(card: Path, repositories: int, profile: str) -> None:

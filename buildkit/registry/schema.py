@@ -11,9 +11,9 @@ each card file, and the history of its state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlalchemy as sa
+
+from buildkit.registry.engine import Migration, migrations_table
 
 STATES = ("provisioned", "active", "quarantined", "revoked")
 # Which state may follow which: policy as data. Revoked is final: the record stays, as a deny entry.
@@ -26,13 +26,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 metadata = sa.MetaData()
 
-schema_migrations = sa.Table(
-    "schema_migrations",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("description", sa.String(200), nullable=False),
-    sa.Column("applied_at", sa.String(32), nullable=False),
-)
+schema_migrations = migrations_table(metadata, "schema_migrations")
 
 devices = sa.Table(
     "devices",
@@ -99,8 +93,7 @@ def _create_v1(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[devices, device_macs, provisionings, card_files, state_history], checkfirst=False)
 
 
-# (version, description, step): applied in order, each in the transaction that records it.
-MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
+MIGRATIONS: tuple[Migration, ...] = (
     (1, "devices, MAC addresses, provisionings with their card files, state history", _create_v1),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]

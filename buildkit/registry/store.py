@@ -15,9 +15,8 @@ import contextlib
 import dataclasses
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -30,7 +29,16 @@ except ImportError:  # pragma: no cover - the extra is part of `make test`
     raise UserError("the provisioning registry needs SQLAlchemy: pip install 'pisec-buildkit[fleet]'") from None
 
 from buildkit.registry import schema as t
-from buildkit.registry.schema import SCHEMA_VERSION, STATES, TRANSITIONS
+from buildkit.registry.engine import (
+    database_url,
+    migrate,
+    now,
+    open_engine,
+    schema_version,
+    shown,
+    transaction,
+)
+from buildkit.registry.schema import STATES, TRANSITIONS
 
 REGISTRY_ENV = "BUILDKIT_REGISTRY"
 DEFAULT_REGISTRY = Path(".buildkit") / "registry.sqlite"
@@ -45,7 +53,7 @@ SD_CID_RE = re.compile(r"[0-9a-f]{32}")
 BOARD_REVISION_RE = re.compile(r"[0-9a-f]{1,16}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
 KEY_ID_RE = re.compile(r"[0-9A-F]{16}")
-_WRITE = "buildkit_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
+WHAT = "registry"  # in messages
 _PG_MIGRATION_LOCK = 0x6B69745F7265  # pg_advisory_xact_lock key: one migrating process at a time
 
 
@@ -209,17 +217,7 @@ def default_url(project_root: Path) -> str:
 
 def engine_url(url: str) -> sa.URL:
     """`url` as SQLAlchemy takes it: postgresql:// goes through psycopg (version 3)."""
-    try:
-        parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
-        raise UserError(f"registry URL {url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB") from None
-    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
-        return parsed.set(drivername="postgresql+psycopg")
-    if parsed.drivername == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return parsed
-    raise UserError(
-        f"registry URL {parsed.render_as_string(hide_password=True)}: expected sqlite:///PATH or postgresql://..."
-    )
+    return database_url(url, WHAT)
 
 
 def registry_exists(url: str) -> bool:
@@ -231,41 +229,9 @@ def registry_exists(url: str) -> bool:
 def open_registry(url: str) -> Registry:
     """The registry at `url`, created (SQLite: the file, its directory 0700) and migrated as needed."""
     parsed = engine_url(url)
-    if parsed.drivername == "sqlite":
-        Path(parsed.database or "").parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        engine = _sqlite_engine(parsed)
-    else:
-        try:
-            engine = sa.create_engine(parsed, pool_pre_ping=True)
-        except ImportError:
-            raise UserError("a PostgreSQL registry needs psycopg: pip install 'pisec-buildkit[postgres]'") from None
-    registry = Registry(engine, parsed.render_as_string(hide_password=True))
+    registry = Registry(open_engine(parsed, WHAT), shown(parsed))
     registry.migrate()
     return registry
-
-
-def _sqlite_engine(url: sa.URL) -> sa.Engine:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-
-    @sa.event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # transactions are begun below, DDL included
-        cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=15000", "synchronous=FULL"):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def on_begin(conn: sa.Connection) -> None:
-        # A writer takes the write lock at BEGIN: a deferred one could fail to upgrade mid-way.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
-
-    return engine
-
-
-def now() -> str:
-    """A record's time: the real clock, UTC (not SOURCE_DATE_EPOCH: this is a log, not an output)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,38 +252,17 @@ class Registry:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _transaction(self, write: bool) -> Iterator[sa.Connection]:
-        try:
-            with self.engine.connect().execution_options(**{_WRITE: write}) as conn, conn.begin():
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            raise UserError(f"registry {self.url}: {detail}") from None
+    def _transaction(self, write: bool) -> contextlib.AbstractContextManager[sa.Connection]:
+        return transaction(self.engine, write, WHAT)
 
     # -- schema
 
     def migrate(self) -> None:
-        with self._transaction(write=True) as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
-            t.schema_migrations.create(conn, checkfirst=True)
-            applied = set(conn.scalars(sa.select(t.schema_migrations.c.version)))
-            if applied and max(applied) > SCHEMA_VERSION:
-                raise UserError(
-                    f"registry {self.url} has schema version {max(applied)}; this buildkit knows up to "
-                    f"{SCHEMA_VERSION}: upgrade buildkit"
-                )
-            for version, description, step in t.MIGRATIONS:
-                if version not in applied:
-                    step(conn)
-                    conn.execute(
-                        t.schema_migrations.insert().values(version=version, description=description, applied_at=now())
-                    )
+        migrate(self.engine, t.schema_migrations, t.MIGRATIONS, _PG_MIGRATION_LOCK, WHAT)
 
     def schema_version(self) -> int:
         with self._transaction(write=False) as conn:
-            return int(conn.scalar(sa.select(sa.func.max(t.schema_migrations.c.version))) or 0)
+            return schema_version(conn, t.schema_migrations)
 
     # -- reading
 
@@ -432,9 +377,49 @@ class Registry:
                 conn.execute(t.card_files.insert(), rows)
         return self.device(hostname)
 
+    def add_card_files(self, hostname: str, files: Iterable[CardFile]) -> int:
+        """Add to the device's latest provisioning the card files it does not list yet (what
+        `buildkit image --device` wrote besides the package's files: the boot files, the
+        configuration, the boot repository); how many were added. A file it lists already must not
+        have changed: the card would not be the one provisioned."""
+        files = tuple(files)
+        with self._transaction(write=True) as conn:
+            _locked_state(conn, hostname, self.url)
+            latest = conn.scalar(
+                sa.select(sa.func.max(t.provisionings.c.id)).where(t.provisionings.c.hostname == hostname)
+            )
+            if latest is None:
+                raise UserError(f"device {hostname} was never provisioned: run `buildkit package --device {hostname}`")
+            listed = dict(
+                conn.execute(
+                    sa.select(t.card_files.c.path, t.card_files.c.sha256).where(
+                        t.card_files.c.provisioning_id == latest
+                    )
+                ).all()
+            )
+            changed = sorted(f.path for f in files if listed.get(f.path, f.sha256) != f.sha256)
+            if changed:
+                raise UserError(
+                    f"device {hostname}: {', '.join(changed)} on the card differ from what was provisioned: "
+                    f"run `buildkit package --device {hostname}` again"
+                )
+            rows = [
+                {"provisioning_id": latest, "path": f.path, "sha256": f.sha256, "size": f.size}
+                for f in files
+                if f.path not in listed
+            ]
+            if rows:
+                conn.execute(t.card_files.insert(), rows)
+        return len(rows)
+
     def set_state(self, hostname: str, state: str, reason: str, actor: str) -> DeviceRecord:
         """Move the device to `state` (TRANSITIONS), recording why and who in its history. The same
         state again is no change and no history row (a verifier may quarantine twice)."""
+        self.change_state(hostname, state, reason, actor)
+        return self.device(hostname)
+
+    def change_state(self, hostname: str, state: str, reason: str, actor: str) -> None:
+        """set_state without reading the record back (the verifier's path, once per verdict)."""
         check_state(state)
         if not reason.strip():
             raise UserError(f"device {hostname}: a state change needs a reason")
@@ -451,7 +436,6 @@ class Registry:
                     .values(state=state, state_reason=reason, state_changed_at=at)
                 )
                 _record_change(conn, hostname, current, state, reason, actor, at)
-        return self.device(hostname)
 
     # -- export
 
@@ -467,7 +451,7 @@ class Registry:
                 }
                 for record in records
             ]
-            version = int(conn.scalar(sa.select(sa.func.max(t.schema_migrations.c.version))) or 0)
+            version = schema_version(conn, t.schema_migrations)
         return {
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,

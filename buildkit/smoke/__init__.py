@@ -34,7 +34,13 @@ from buildkit.smoke.attestation import (
     check_attest_tampered,
     has_agent,
 )
-from buildkit.smoke.bounds import check_fork_bomb, check_sandbox_limits, check_seccomp_filter, check_tmpfs_full
+from buildkit.smoke.bounds import (
+    HostSandbox,
+    check_fork_bomb,
+    check_sandbox_limits,
+    check_seccomp_filter,
+    check_tmpfs_full,
+)
 from buildkit.smoke.checks import (
     apply_ruleset,
     check_boot,
@@ -169,8 +175,9 @@ def _run_checks(
         log.run(name, partial(check, service))
     if has_agent(package.apkovl):
         _run_attestation_checks(package, device, client, netns, scratch, timeout, log, stack)
-    log.run("tmpfs-full", lambda: check_tmpfs_full(device, client))
-    log.run("fork-bomb", lambda: check_fork_bomb(device, client))
+    sandbox = HostSandbox(device, client)
+    log.run("tmpfs-full", lambda: check_tmpfs_full(sandbox))
+    log.run("fork-bomb", lambda: check_fork_bomb(sandbox))
     log.run("sigterm-stop", lambda: check_sigterm_stop(device))
     log.run("tampered-payload-refused", lambda: check_tampered_payload(device, package, scratch))
 

@@ -1,7 +1,8 @@
 """Remote attestation, emulated: the overlay's agent (rootfs/features/attest/) in the device's
 namespace, `buildkit verifier serve` in the client's one at the recipe's verifier address (so the
 device reaches it only through its firewall's declared egress), a scratch card with the device's
-identity key, and a scratch registry that enrols it.
+identity key, and a scratch registry that enrols it. The agent runs with the device's userland, ARM
+binaries from Debian armel (busybox, minisign) emulated as the Pi's ARM1176 by qemu-arm.
 
 The recipe names its verifier's public key, whose secret key smoke does not have: smoke signs the
 verdicts with a throwaway key and points the agent at its public key (BK_VERIFIER_PUB). The tests
@@ -27,10 +28,15 @@ from pathlib import Path
 
 from buildkit import layout, sign
 from buildkit.attest.store import Store, reports
-from buildkit.registry import CardFile, NewDevice, open_registry
-from buildkit.smoke.device import Device, ScriptRun
+from buildkit.context import cache_dir, project_root
+from buildkit.device import card_files
+from buildkit.host import QEMU_CPU_ENV, register_qemu_arm
+from buildkit.registry import NewDevice, open_registry
+from buildkit.smoke.device import HOST_PATH, Device, ScriptRun
 from buildkit.smoke.netns import CLIENT_ADDR, NETNS_DIR, Netns, NetnsClient
 from buildkit.smoke.results import CheckFailed, last_line
+from buildkit.smoke.system.debian import PrivateApt, download, extract
+from buildkit.toolchain import require_tool
 
 AGENT_SCRIPT = "usr/libexec/buildkit/attest"
 ATTEST_CONF = "etc/buildkit/attest.conf"
@@ -38,6 +44,10 @@ QUARANTINE_MARKER = "run/buildkit/attest/quarantined"
 START_BOUND = 30.0
 # Stand-ins for the Alpine boot files, which a package does not hold: the agent hashes whatever is there.
 PLACEHOLDER_BOOT_FILES = ("config.txt", "cmdline.txt", "usercfg.txt")
+# The agent's userland on the device (Alpine's busybox and minisign), as Debian armel builds them.
+ARM_AGENT_PACKAGES = ("busybox-static", "minisign", "libsodium23", "libc6")
+QEMU_LD_PREFIX = "QEMU_LD_PREFIX"
+ARM_CACHE = "attest-arm"  # under the buildkit cache
 
 
 @dataclass(frozen=True)
@@ -90,11 +100,11 @@ def prepare_card(out_dir: Path, media: Path, config: AttestConfig) -> sign.Publi
     return sign.keygen(key_path, key_path.with_name(layout.IDENTITY_PUB), passphrase=None, comment=config.hostname)
 
 
-def enrol(registry_url: str, hostname: str, identity: sign.PublicKey, media: Path, config: AttestConfig) -> None:
-    """The device in the registry, provisioned with the package's manifest and its identity.pub."""
+def enrol(registry_url: str, hostname: str, identity: sign.PublicKey, media: Path) -> None:
+    """The device in the registry, provisioned with the package's manifest and every file of its
+    card, as `buildkit package --device` and `buildkit image --device` record them: the verifier
+    then trusts no file on first use."""
     manifest = (media / layout.MANIFEST).read_bytes()
-    pub_path = str(Path(config.identity).with_name(layout.IDENTITY_PUB))
-    pub_bytes = (media / pub_path).read_bytes()
     with open_registry(registry_url) as registry:
         registry.add_device(
             NewDevice(
@@ -111,7 +121,7 @@ def enrol(registry_url: str, hostname: str, identity: sign.PublicKey, media: Pat
             "0",
             hashlib.sha256(manifest).hexdigest(),
             identity.key_id,
-            [CardFile(pub_path, hashlib.sha256(pub_bytes).hexdigest(), len(pub_bytes))],
+            card_files(media, ()),
             actor="smoke",
         )
 
@@ -186,11 +196,71 @@ class VerifierService:
         return last_line(self.log.read_text(errors="replace")) if self.log.exists() else "no output"
 
 
-def run_agent(device: Device, media: Path, overrides: dict[str, str], timeout: float = 60.0) -> ScriptRun:
-    """One round of the overlay's agent (`attest once`) in the device's namespace."""
-    # The card is a directory here, not a mount; the payload's helper needs busybox's ash, as on the device.
-    env = {**device.environment(media), "BK_REMOUNT": "no", "BK_SHELL": "busybox sh", **overrides}
-    return device.run_in_netns(AGENT_SCRIPT, ("once",), env, timeout)
+@dataclass(frozen=True)
+class ArmUserland:
+    """What the agent runs with on the device, from Debian armel: busybox (static) and minisign with
+    its libraries, in a sysroot whose bin/ holds a link for every busybox applet. Run through
+    binfmt_misc by qemu-arm, which QEMU_CPU makes an ARM1176 and QEMU_LD_PREFIX points at the sysroot
+    for minisign's loader and libraries."""
+
+    sysroot: Path
+
+    @property
+    def busybox(self) -> Path:
+        return self.sysroot / "bin/busybox"
+
+    def agent_environment(self) -> dict[str, str]:
+        """PATH has only the ARM userland: a command the agent needs that it lacks fails rather than
+        run on the host. nft and the payload's helper are the device's own services, not the agent's:
+        the host's, the helper under the host's busybox as the payload's tests run it."""
+        host_shell = ("/usr/bin/env", "-u", QEMU_LD_PREFIX, f"PATH={HOST_PATH}", str(require_tool("busybox")), "sh")
+        return {
+            "PATH": f"{self.sysroot / 'bin'}:{self.sysroot / 'usr/bin'}",
+            QEMU_LD_PREFIX: str(self.sysroot),
+            "BK_NFT": str(require_tool("nft")),
+            "BK_SHELL": " ".join(host_shell),
+        }
+
+
+def arm_userland(cache: Path) -> ArmUserland:
+    """The agent's ARM userland, fetched by package name and assembled once under `cache`."""
+    apt = PrivateApt(cache / "apt")
+    apt.run("apt-get", "update", "-qq")
+    debs_dir = cache / "debs"
+    debs_dir.mkdir(parents=True, exist_ok=True)
+    debs = download(apt, ARM_AGENT_PACKAGES, debs_dir)
+    key = hashlib.sha256("\n".join(deb.name for deb in debs).encode()).hexdigest()[:16]
+    userland = ArmUserland(cache / f"sysroot-{key}")
+    if not userland.sysroot.is_dir():
+        partial = cache / f"sysroot-{key}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        for deb in debs:
+            shutil.copytree(extract(deb, cache / "extracted"), partial, symlinks=True, dirs_exist_ok=True)
+        (partial / ".complete").unlink()
+        _link_applets(partial)
+        partial.rename(userland.sysroot)
+    return userland
+
+
+def _link_applets(sysroot: Path) -> None:
+    register_qemu_arm()
+    busybox = sysroot / "bin/busybox"
+    listed = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, env={QEMU_CPU_ENV: "arm1176"})
+    if listed.returncode != 0:
+        raise CheckFailed(f"the armel busybox does not run under qemu-arm: {last_line(listed.stderr)}")
+    for applet in listed.stdout.split():
+        link = sysroot / "bin" / applet
+        if not link.exists():
+            link.symlink_to("busybox")
+
+
+def run_agent(
+    device: Device, media: Path, userland: ArmUserland, overrides: dict[str, str], timeout: float = 60.0
+) -> ScriptRun:
+    """One round of the overlay's agent (`attest once`) in the device's namespace, every process of
+    it an ARM binary of `userland` on the emulated ARM1176 (the card is a directory here, not a mount)."""
+    env = {**device.environment(media), **userland.agent_environment(), "BK_REMOUNT": "no", **overrides}
+    return device.run_in_netns(AGENT_SCRIPT, ("once",), env, timeout, shell=str(userland.busybox))
 
 
 def quarantined(device: Device) -> bool:
@@ -258,6 +328,7 @@ class AttestRun:
     config: AttestConfig
     media: Path
     service: VerifierService
+    userland: ArmUserland
     overrides: dict[str, str]
 
 
@@ -270,7 +341,7 @@ def check_attest_allow(
     media = scratch / "attest-card"
     identity = prepare_card(out_dir, media, config)
     registry_url = f"sqlite:///{scratch}/attest-registry.sqlite"
-    enrol(registry_url, config.hostname, identity, media, config)
+    enrol(registry_url, config.hostname, identity, media)
     key = scratch / "attest-verifier.key"
     sign.keygen(key, key.with_suffix(".pub"), passphrase=None, comment="smoke verifier")
     route_verifier(net, config.address)
@@ -285,15 +356,17 @@ def check_attest_allow(
         scratch / "attest-verifier.log",
     )
     stack.enter_context(service.running())
-    run = AttestRun(config, media, service, {"BK_VERIFIER_PUB": str(key.with_suffix(".pub"))})
+    userland = arm_userland(cache_dir(project_root(Path.cwd())) / ARM_CACHE)
+    run = AttestRun(config, media, service, userland, {"BK_VERIFIER_PUB": str(key.with_suffix(".pub"))})
     decision = _round(device, run)
     if decision != ("allow", ()):
         raise CheckFailed(f"the clean card got {decision[0]}: {'; '.join(decision[1])}")
     if client.connect(80, timeout=3.0) != "open":
         raise CheckFailed("allowed, but port 80 does not accept a connection")
     return (
-        f"{config.hostname} reported {len(config.files)} boot-media hashes to {config.url} (through the declared "
-        "egress), signed with its card's identity key; the verifier allowed it (verdict signed by a throwaway "
+        f"{config.hostname}'s agent (Debian armel busybox and minisign under qemu-arm -cpu arm1176) reported "
+        f"{len(config.files)} boot-media hashes to {config.url} (through the declared egress), signed with its "
+        "card's identity key; the verifier allowed it (verdict signed by a throwaway "
         "smoke key, given to the agent in BK_VERIFIER_PUB)"
     ), run
 
@@ -342,7 +415,7 @@ def check_attest_tampered(device: Device, client: NetnsClient, run: AttestRun, i
 
 
 def _round(device: Device, run: AttestRun) -> tuple[str, tuple[str, ...]]:
-    done = run_agent(device, run.media, run.overrides)
+    done = run_agent(device, run.media, run.userland, run.overrides)
     if done.returncode != 0:
         raise CheckFailed(f"attest once exited {done.returncode}: {last_line(done.output)}")
     return last_decision(run.service.store_url, run.config.hostname)

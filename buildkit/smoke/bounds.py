@@ -12,15 +12,16 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from buildkit.seccomp import check_compiled, parse_source
-from buildkit.smoke.device import OFF_DEVICE, Device
+from buildkit.smoke.device import OFF_DEVICE, Device, PayloadConfig
 from buildkit.smoke.intruder import FILL_NAME
 from buildkit.smoke.media import PackageFiles
 from buildkit.smoke.netns import NetnsClient
-from buildkit.smoke.procfs import Mount, Proc, descendants, mounts, proc_status
+from buildkit.smoke.procfs import Mount, Proc, descendants, mounts
 from buildkit.smoke.results import CheckFailed, last_line, snippet
 
 MIB = 1 << 20
@@ -123,6 +124,64 @@ def check_seccomp_filter(device: Device, package: PackageFiles) -> str:
     )
 
 
+class SandboxAccess(Protocol):
+    """What the checks of the sandbox's bounds need of a running device, in user-mode emulation
+    (HostSandbox) or on the emulated Pi (buildkit.smoke.system): an intruder of the payload's uid
+    that misbehaves (its JSON result, as intruder.py prints it), the sandbox's task count, port 80."""
+
+    @property
+    def config(self) -> PayloadConfig: ...
+
+    def intrude(self, action: str, *args: str) -> dict[str, Any]: ...
+
+    def remove_fill(self) -> None:
+        """The intruder's fill files gone from every tmpfs."""
+        ...
+
+    def sandbox_tasks(self) -> int:
+        """The tasks (threads) of the sandbox: its PID 1 and everything under it."""
+        ...
+
+    def request(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]: ...
+
+    def payload_output(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class HostSandbox:
+    """The sandbox of `buildkit smoke`, seen from the host: the intruder joins its namespaces."""
+
+    device: Device
+    client: NetnsClient
+
+    @property
+    def config(self) -> PayloadConfig:
+        return self.device.config
+
+    def intrude(self, action: str, *args: str) -> dict[str, Any]:
+        _, payload = self.device.sandbox()
+        return run_intruder(self.device, payload, action, *args)
+
+    def remove_fill(self) -> None:
+        _, payload = self.device.sandbox()
+        for path, _ in self.config.tmpfs:
+            Path(f"/proc/{payload.pid}/root{path}/{FILL_NAME}").unlink(missing_ok=True)
+
+    def sandbox_tasks(self) -> int:
+        tini, _ = self.device.sandbox()
+        return sum(proc.threads for proc in (tini, *descendants(tini.pid)))
+
+    def request(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
+        return self.client.request(path, method, headers, timeout)
+
+    def payload_output(self) -> str:
+        return self.device.payload_output()
+
+
 def run_intruder(device: Device, payload: Proc, action: str, *args: str) -> dict[str, Any]:
     config = device.config
     argv = [sys.executable, "-m", "buildkit.smoke.intruder", action, str(payload.pid), str(config.uid), str(config.gid)]
@@ -136,24 +195,21 @@ def run_intruder(device: Device, payload: Proc, action: str, *args: str) -> dict
     return result
 
 
-def still_serving(client: NetnsClient, device: Device, what: str) -> str:
+def still_serving(sandbox: SandboxAccess, what: str) -> str:
     try:
-        status, body = client.request("/", timeout=SERVE_TIMEOUT)
+        status, body = sandbox.request("/", timeout=SERVE_TIMEOUT)
     except OSError as exc:
         raise CheckFailed(
-            f"{what}, the service stopped answering on port 80 ({exc}); {device.payload_output()}"
+            f"{what}, the service stopped answering on port 80 ({exc}); {sandbox.payload_output()}"
         ) from None
     return f"GET / still answered {status} {snippet(body, 40)}"
 
 
-def check_tmpfs_full(device: Device, client: NetnsClient) -> str:
+def check_tmpfs_full(sandbox: SandboxAccess) -> str:
     """Each tmpfs filled by a process of the payload's uid: ENOSPC at its size, and the device serves."""
-    _, payload = device.sandbox()
-    declared = device.config.tmpfs
+    declared = sandbox.config.tmpfs
     try:
-        result = run_intruder(
-            device, payload, "fill", *(f"{path}:{size * MIB + FILL_SLACK}" for path, size in declared)
-        )
+        result = sandbox.intrude("fill", *(f"{path}:{size * MIB + FILL_SLACK}" for path, size in declared))
         problems = [
             f"{path}: {entry['bytes'] // MIB} MiB written then {entry['error'] or 'no refusal'} (size {size} MiB)"
             for entry, (path, size) in zip(result["filled"], declared, strict=True)
@@ -161,34 +217,32 @@ def check_tmpfs_full(device: Device, client: NetnsClient) -> str:
         ]
         if problems:
             raise CheckFailed("; ".join(problems))
-        serving = still_serving(client, device, "with every tmpfs full")
+        serving = still_serving(sandbox, "with every tmpfs full")
     finally:
-        for path, _ in declared:
-            Path(f"/proc/{payload.pid}/root{path}/{FILL_NAME}").unlink(missing_ok=True)
+        sandbox.remove_fill()
     filled = ", ".join(
         f"{path} at {entry['bytes'] // MIB} MiB" for entry, (path, _) in zip(result["filled"], declared, strict=True)
     )
     return (
-        f"a process of uid {device.config.uid} in the sandbox got ENOSPC filling {filled}; "
+        f"a process of uid {sandbox.config.uid} got ENOSPC filling the sandbox's {filled}; "
         f"with all of them full, {serving}"
     )
 
 
-def check_fork_bomb(device: Device, client: NetnsClient) -> str:
+def check_fork_bomb(sandbox: SandboxAccess) -> str:
     """A fork bomb in the payload's user namespace stops at the recipe's process limit (its own
     rlimit raised: the namespace's ceiling is what holds), and the device keeps serving."""
-    tini, payload = device.sandbox()
-    nproc = dict(device.config.limits)["BK_LIMIT_NPROC"]
-    tasks = sum(int(proc_status(proc.pid).get("Threads", "1")) for proc in (tini, *descendants(tini.pid)))
-    result = run_intruder(device, payload, "forks", str(nproc + FORK_SLACK))
+    nproc = dict(sandbox.config.limits)["BK_LIMIT_NPROC"]
+    tasks = sandbox.sandbox_tasks()
+    result = sandbox.intrude("forks", str(nproc + FORK_SLACK))
     if result["error"] != "EAGAIN" or result["forked"] >= nproc:
         raise CheckFailed(
             f"forked {result['forked']} processes, then {result['error'] or 'no refusal'}: the process limit is {nproc}"
         )
-    serving = still_serving(client, device, "after the fork bomb")
+    serving = still_serving(sandbox, "after the fork bomb")
     own_limit = "unlimited" if result["own_limit"] < 0 else result["own_limit"]
     return (
-        f"a fork bomb of uid {device.config.uid} in the payload's user namespace (its own RLIMIT_NPROC "
+        f"a fork bomb of uid {sandbox.config.uid} in the payload's user namespace (its own RLIMIT_NPROC "
         f"{own_limit}) got EAGAIN after {result['forked']} children: the namespace's ceiling of {nproc} "
         f"tasks, the sandbox's {tasks} included; {serving}"
     )

@@ -177,10 +177,14 @@ class Device:
             **self.overrides,
         }
 
-    def run_in_netns(self, script: str, args: tuple[str, ...], env: dict[str, str], timeout: float) -> ScriptRun:
-        """The overlay's `script` (a path in it) under busybox sh, in the device's network namespace."""
+    def run_in_netns(
+        self, script: str, args: tuple[str, ...], env: dict[str, str], timeout: float, shell: str = "busybox"
+    ) -> ScriptRun:
+        """The overlay's `script` (a path in it) under `shell`'s sh (the host's busybox unless told), in
+        the device's network namespace."""
         action = " ".join(args)
-        argv = ["nsenter", f"--net={NETNS_DIR / self.netns}", "--", "busybox", "sh", str(self.root / script), *args]
+        nsenter = str(require_tool("nsenter"))  # found on the host's PATH, whatever PATH `env` gives the script
+        argv = [nsenter, f"--net={NETNS_DIR / self.netns}", "--", shell, "sh", str(self.root / script), *args]
         # Output goes to a file, not a pipe: the sandbox started in the background may inherit the
         # script's descriptors, and a pipe would then stay open for as long as the payload runs.
         with tempfile.TemporaryFile(mode="w+") as output:

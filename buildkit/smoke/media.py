@@ -87,11 +87,15 @@ def tampered_media(package: PackageFiles, image: str, media: Path) -> Path:
     media.mkdir()
     for source in (package.apkovl, package.manifest, package.signature):
         shutil.copyfile(source, media / source.name)
-    flipped = media / image
-    shutil.copyfile(package.out_dir / image, flipped)
-    with open(flipped, "r+b") as fh:
-        fh.seek(flipped.stat().st_size // 2)
+    shutil.copyfile(package.out_dir / image, media / image)
+    flip_middle_byte(media / image)
+    return media
+
+
+def flip_middle_byte(path: Path) -> None:
+    """The byte in the middle of the file inverted: what a tampered (or corrupted) card holds."""
+    with open(path, "r+b") as fh:
+        fh.seek(path.stat().st_size // 2)
         byte = fh.read(1)
         fh.seek(-1, os.SEEK_CUR)
         fh.write(bytes([byte[0] ^ 0xFF]))
-    return media

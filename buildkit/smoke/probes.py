@@ -16,9 +16,9 @@ from typing import Any, Protocol
 from buildkit.recipe import HttpProbe, LogWindowProbe, SlowClientsProbe, Smoke, ZombieProbe
 from buildkit.smoke.device import Device
 from buildkit.smoke.netns import FRESH_SOURCE, NetnsClient, client_sources
-from buildkit.smoke.procfs import descendants
+from buildkit.smoke.procfs import Proc, descendants
 from buildkit.smoke.results import CheckFailed, snippet
-from buildkit.smoke.slowclients import hold_slow_clients
+from buildkit.smoke.slowclients import SlowClientsOutcome, hold_slow_clients
 
 PROBE_TIMEOUT = 10.0  # one request to a payload under emulation
 REAP_BOUND = 10.0
@@ -33,6 +33,32 @@ SLOW_PROBE_AFTER_S = 1.0  # they trickle this long before the probe request
 SLOW_HOLD_S = 3.0  # and are all closed after this long
 
 
+class ServiceAccess(Protocol):
+    """What a declared check needs of the running device, in user-mode emulation (Service) or on the
+    emulated Pi (buildkit.smoke.system): port 80, the test secrets, the processes of the sandbox,
+    and slow clients held against port 80."""
+
+    @property
+    def secret_values(self) -> dict[str, str]:
+        """The test value provisioned for each declared secret."""
+        ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    def request(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]: ...
+
+    def sandbox_processes(self) -> list[Proc]:
+        """Every process under the sandbox's PID 1 (tini)."""
+        ...
+
+    def hold_slow_clients(self, path: str, connections: int, answer_within: float) -> tuple[SlowClientsOutcome, str]:
+        """The outcome of hold_slow_clients against port 80, and how many were held from where."""
+        ...
+
+
 @dataclass(frozen=True)
 class Service:
     """What a declared check talks to: the running device, from the client namespace."""
@@ -42,8 +68,33 @@ class Service:
     secret_values: dict[str, str]  # the test value provisioned for each declared secret
     timeout: float
 
+    def request(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
+        return self.client.request(path, method, headers, timeout)
 
-DeclaredCheck = Callable[[Service], str]
+    def sandbox_processes(self) -> list[Proc]:
+        tini, _ = self.device.sandbox()
+        return descendants(tini.pid)
+
+    def hold_slow_clients(self, path: str, connections: int, answer_within: float) -> tuple[SlowClientsOutcome, str]:
+        sources = client_sources(-(-connections // SLOW_CLIENTS_PER_SOURCE))
+        outcome = self.client.call(
+            hold_slow_clients,
+            self.client.host,
+            HTTP_PORT,
+            path,
+            connections,
+            probe_after=SLOW_PROBE_AFTER_S,
+            hold=SLOW_HOLD_S,
+            answer_within=answer_within,
+            sources=sources,
+            probe_source=FRESH_SOURCE,
+        )
+        return outcome, f"of {connections} slow connections accepted (from {len(sources)} sources)"
+
+
+DeclaredCheck = Callable[[ServiceAccess], str]
 
 
 def declared_checks(smoke: Smoke) -> tuple[tuple[str, DeclaredCheck], ...]:
@@ -72,8 +123,8 @@ def bearer(secret_values: dict[str, str], secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret_values[secret]}"}
 
 
-def check_http_probe(service: Service, probe: HttpProbe) -> str:
-    return http_probe(service.client.request, service.secret_values, probe)
+def check_http_probe(service: ServiceAccess, probe: HttpProbe) -> str:
+    return http_probe(service.request, service.secret_values, probe)
 
 
 class Requester(Protocol):
@@ -96,18 +147,17 @@ def http_probe(request: Requester, secret_values: dict[str, str], probe: HttpPro
     return f"{asked} → {status} {snippet(body)}"
 
 
-def check_log_window(service: Service, window: LogWindowProbe) -> str:
+def check_log_window(service: ServiceAccess, window: LogWindowProbe) -> str:
     """The window answers 401 without or with a wrong token, and with the right one returns records in
     which the secrets sent in an earlier request do not appear, each record within its bound."""
-    client = service.client
     authorized = bearer(service.secret_values, window.token_secret)
     token = authorized["Authorization"].removeprefix("Bearer ")
-    canaries = send_canary_request(client, window)
+    canaries = send_canary_request(service.request, window)
     for label, headers in (("no token", {}), ("a wrong token", {"Authorization": f"Bearer wrong-{token}"})):
-        status, body = client.request(window.path, headers=headers, timeout=PROBE_TIMEOUT)
+        status, body = service.request(window.path, headers=headers, timeout=PROBE_TIMEOUT)
         if status != 401:
             raise CheckFailed(f"{window.path} with {label} answered {status}, expected 401: {snippet(body)}")
-    status, body = client.request(window.path, headers=authorized, timeout=PROBE_TIMEOUT)
+    status, body = service.request(window.path, headers=authorized, timeout=PROBE_TIMEOUT)
     if status != 200:
         raise CheckFailed(f"{window.path} with the right token answered {status}: {snippet(body)}")
     text = body.decode(errors="replace")
@@ -128,12 +178,12 @@ def check_log_window(service: Service, window: LogWindowProbe) -> str:
     )
 
 
-def send_canary_request(client: NetnsClient, window: LogWindowProbe) -> dict[str, str]:
+def send_canary_request(request: Requester, window: LogWindowProbe) -> dict[str, str]:
     """A request with a fresh secret in each place a client may put one (and, when the window states
     its record bound, a query longer than that): the values the window must not show."""
     canaries = {name: f"smoke-{name}-{secrets.token_hex(8)}" for name in ("token", "password", "bearer", "cookie")}
     padding = f"&padding={'x' * 2 * window.max_record_bytes}" if window.max_record_bytes else ""
-    client.request(
+    request(
         f"{window.request_path}?token={canaries['token']}&password={canaries['password']}{padding}",
         headers={"Authorization": f"Bearer {canaries['bearer']}", "Cookie": f"session={canaries['cookie']}"},
         timeout=PROBE_TIMEOUT,
@@ -169,17 +219,16 @@ def json_records(text: str) -> list[tuple[dict[str, Any], int]]:
     return records
 
 
-def check_no_zombies(service: Service, zombies: ZombieProbe) -> str:
+def check_no_zombies(service: ServiceAccess, zombies: ZombieProbe) -> str:
     """The declared endpoint starts processes that leave orphans behind; once they exit, nothing of
     them may remain under the sandbox's PID 1, zombies least of all."""
-    tini, _ = service.device.sandbox()
-    before = {proc.pid for proc in descendants(tini.pid)}
+    before = {proc.pid for proc in service.sandbox_processes()}
     # Each child is a fresh emulated process: an interpreter takes seconds to start under qemu.
-    status, body = service.client.request(zombies.path, timeout=service.timeout)
+    status, body = service.request(zombies.path, timeout=service.timeout)
     if status != 200:
         raise CheckFailed(f"GET {zombies.path} answered {status}: {snippet(body)}")
     started = time.monotonic()
-    while leftovers := [proc for proc in descendants(tini.pid) if proc.pid not in before]:
+    while leftovers := [proc for proc in service.sandbox_processes() if proc.pid not in before]:
         if time.monotonic() - started > REAP_BOUND:
             zombie_count = sum(proc.state == "Z" for proc in leftovers)
             raise CheckFailed(
@@ -193,24 +242,12 @@ def check_no_zombies(service: Service, zombies: ZombieProbe) -> str:
     )
 
 
-def check_slow_clients(service: Service, slow: SlowClientsProbe) -> str:
+def check_slow_clients(service: ServiceAccess, slow: SlowClientsProbe) -> str:
     """While `slow.connections` slow clients trickle an unfinished request each, `slow.path`, asked
-    from a source none of them uses, answers 200 within the bound."""
-    sources = client_sources(-(-slow.connections // SLOW_CLIENTS_PER_SOURCE))
+    on a fresh connection, answers 200 within the bound."""
     within = slow.answer_within_ms / 1000
-    outcome = service.client.call(
-        hold_slow_clients,
-        service.client.host,
-        HTTP_PORT,
-        slow.path,
-        slow.connections,
-        probe_after=SLOW_PROBE_AFTER_S,
-        hold=SLOW_HOLD_S,
-        answer_within=within,
-        sources=sources,
-        probe_source=FRESH_SOURCE,
-    )
-    held = f"{outcome.opened} of {slow.connections} slow connections accepted (from {len(sources)} sources)"
+    outcome, how = service.hold_slow_clients(slow.path, slow.connections, within)
+    held = f"{outcome.opened} {how}"
     if outcome.status != 200 or outcome.answered_in > within:
         answer = outcome.detail or f"answered {outcome.status}"
         raise CheckFailed(

@@ -12,6 +12,7 @@ class Proc:
     ppid: int
     state: str
     comm: str
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,16 @@ def process_table() -> dict[int, Proc]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        table[int(entry.name)] = Proc(int(entry.name), int(fields[1]), fields[0], comm)
+        table[int(entry.name)] = parse_stat(stat)
     return table
+
+
+def parse_stat(stat: str) -> Proc:
+    """A /proc/PID/stat line (also one read inside an emulated device): the comm may hold spaces
+    and parentheses, so the fields are counted from its last ")"."""
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return Proc(int(stat.split(" ", 1)[0]), int(fields[1]), fields[0], comm, int(fields[17]))
 
 
 def descendants(root_pid: int, table: dict[int, Proc] | None = None) -> list[Proc]:

@@ -1,7 +1,8 @@
 """Remote attestation end to end, in network namespaces: hello-go (ARM, under qemu-arm -cpu arm1176)
 booted from its package with the attest feature and its overlay's firewall in a "device" namespace;
 `buildkit verifier serve` in the "client" namespace at the recipe's verifier address, enrolling from
-a real registry. The overlay's own agent (stock minisign, busybox sha256sum and wget) reports; a clean
+a real registry. The overlay's own agent reports, run as on the device: by Debian armel's busybox
+(sh, sha256sum, wget) and minisign, ARM binaries emulated as an ARM1176 by qemu-arm; a clean
 card is allowed; a tampered payload image or overlay is quarantined, after which port 80 refuses
 while the verifier still reaches the device; a restored card or an operator's approval brings it
 back. Replays, reused and expired nonces, another device's key and a counter that goes back are
@@ -29,14 +30,17 @@ from buildkit import sign
 from buildkit.attest.report import Report
 from buildkit.attest.store import Store, reports
 from buildkit.build.stage import BuildResult
-from buildkit.context import build_context
-from buildkit.host import register_qemu_arm
+from buildkit.context import build_context, cache_dir, project_root
+from buildkit.host import register_qemu_arm, require_qemu_arm
 from buildkit.package import PackageResult, package_build
 from buildkit.recipe import load_recipe
 from buildkit.registry import open_registry
 from buildkit.smoke.attestation import (
+    ARM_CACHE,
+    ArmUserland,
     AttestConfig,
     VerifierService,
+    arm_userland,
     enrol,
     prepare_card,
     quarantined,
@@ -100,6 +104,7 @@ class Lab:
     registry_url: str
     stack: contextlib.ExitStack
     uptime: Path
+    userland: ArmUserland
     running_verifier: contextlib.ExitStack | None = None
 
     def start_verifier(self, nonce_ttl: float = 60.0) -> None:
@@ -113,7 +118,7 @@ class Lab:
             self.running_verifier = None
 
     def agent(self) -> tuple[int, str]:
-        done = run_agent(self.device, self.media, {"BK_UPTIME_FILE": str(self.uptime)})
+        done = run_agent(self.device, self.media, self.userland, {"BK_UPTIME_FILE": str(self.uptime)})
         return done.returncode, done.output
 
     def set_uptime(self, seconds: int) -> None:
@@ -199,7 +204,7 @@ def lab(attested_package, tmp_path_factory) -> Iterator[Lab]:
         identity = sign.load_secret_key(media / attest.identity, passphrase=None)
         assert identity.key_id == identity_public.key_id
         registry_url = f"sqlite:///{scratch}/registry.sqlite"
-        enrol(registry_url, HOST, identity_public, media, attest)
+        enrol(registry_url, HOST, identity_public, media)
         register_qemu_arm()
         net = stack.enter_context(network_namespaces(f"at{secrets.token_hex(2)}"))
         route_verifier(net, VERIFIER_ADDR)
@@ -222,7 +227,10 @@ def lab(attested_package, tmp_path_factory) -> Iterator[Lab]:
             registry_url,
             scratch / "verifier.log",
         )
-        the_lab = Lab(device, media, client, service, identity, store_url, registry_url, stack, scratch / "uptime")
+        userland = arm_userland(cache_dir(project_root(REPO)) / ARM_CACHE)
+        the_lab = Lab(
+            device, media, client, service, identity, store_url, registry_url, stack, scratch / "uptime", userland
+        )
         the_lab.set_uptime(100)
         the_lab.start_verifier()
         stack.callback(the_lab.stop_verifier)
@@ -288,6 +296,47 @@ def test_clean_boot_is_allowed(lab: Lab) -> None:
     assert registry_state(lab) == "active"
     counter = (lab.media / "buildkit/boot_counter").read_text().strip()
     assert counter == "1"
+
+
+EM_ARM = 40
+# What the agent runs (busybox applets and minisign), besides nft and the payload's helper.
+AGENT_COMMANDS = ("sh", "sha256sum", "wget", "minisign", "timeout", "sort", "cat", "tr", "head", "tail")
+PROBE = """#!{busybox} sh
+{{ uname -m; readlink /proc/$$/exe; readlink /proc/$PPID/exe; tr '\\0' ' ' </proc/$PPID/cmdline; echo; }} >>"{log}"
+exec wget "$@"
+"""
+
+
+def elf_machine(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF", path
+    return struct.unpack("<H", header[18:20])[0]
+
+
+def test_the_agent_runs_on_the_emulated_arm1176(lab: Lab, tmp_path) -> None:
+    """Every command the agent finds is an ARM binary, and a round runs on qemu-arm as an ARMv6 CPU:
+    a probe standing in for wget (the agent calls it twice, for the nonce and the report) records
+    the machine it sees and the program behind itself and behind the agent's shell."""
+    path = lab.userland.agent_environment()["PATH"].split(":")
+    for command in AGENT_COMMANDS:
+        found = [Path(d) / command for d in path if (Path(d) / command).exists()]
+        assert found, command
+        assert elf_machine(found[0].resolve()) == EM_ARM, found[0]
+    probe, log = tmp_path / "wget", tmp_path / "probe.log"
+    probe.write_text(PROBE.format(busybox=lab.userland.busybox, log=log))
+    probe.chmod(0o755)
+    done = run_agent(lab.device, lab.media, lab.userland, {"BK_UPTIME_FILE": str(lab.uptime), "BK_WGET": str(probe)})
+    assert done.returncode == 0, done.output
+    assert last_decision(lab) == ("allow", ())
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 * 4, lines
+    qemu = os.path.realpath(require_qemu_arm("the agent cannot run").interpreter or "")
+    for machine, own_exe, agent_exe, agent_cmdline in zip(*[iter(lines)] * 4, strict=True):
+        assert machine == "armv6l"
+        assert own_exe == agent_exe == qemu
+        # binfmt_misc's P flag: the interpreter, the ARM binary it runs, then the agent's own argv.
+        assert agent_cmdline.split()[1] == str(lab.userland.busybox)
+        assert agent_cmdline.split()[3:6] == ["sh", str(lab.device.root / "usr/libexec/buildkit/attest"), "once"]
 
 
 def test_replays_and_forgeries_are_rejected(lab: Lab, tmp_path) -> None:
@@ -416,6 +465,7 @@ def test_a_verdict_not_signed_by_the_verifier_is_ignored(lab: Lab, tmp_path) -> 
     done = run_agent(
         lab.device,
         lab.media,
+        lab.userland,
         {"BK_UPTIME_FILE": str(lab.uptime), "BK_VERIFIER_PUB": str(tmp_path / "rogue.pub")},
     )
     assert done.returncode == 1 and "not signed by the verifier's key" in done.output, done.output

@@ -6,6 +6,12 @@ and SIGILLs there."""
 
 from __future__ import annotations
 
+import functools
+import http.server
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,13 +19,20 @@ import pytest
 from buildkit.archgate.profile import load_dispatch_rules
 from support import require_tools
 from support.codescan import profile_rules, scan_file
-from support.corpus import ARMEL_SYSROOT, debian_deb, run_arm, unpacked
+from support.corpus import ARMEL_SYSROOT, debian_deb, pypi_wheel, run_arm, unpacked
 from support.gate import gate, rules_of, run
 
 pytestmark = pytest.mark.slow
 
 CC = "arm-linux-gnueabi-gcc"
-TESTED = {"libgcc-unwind-vfp-d16-d31", "musl-arm-atomics-v7", "pixman-arm-neon"}
+TESTED = {
+    "libgcc-unwind-vfp-d16-d31",
+    "musl-arm-atomics-v7",
+    "pixman-arm-neon",
+    "aws-lc-arm-neon",
+    "aws-lc-arm-armv8-crypto",
+    "ring-arm-neon",
+}
 
 # libgcc's EHABI unwinder, linked statically into an ARMv5 program: _Unwind_Backtrace walks the
 # stack through the same unwinder that holds __gnu_Unwind_{Save,Restore}_VFP_D_16_to_31.
@@ -221,3 +234,134 @@ def test_the_same_instruction_outside_a_dispatched_helper_fails(tmp_path, instru
     for kind, variant in stripped_copies(binary).items():
         report = gate(variant)
         assert rule in rules_of(report), kind
+
+
+# uv's linux_armv6l wheel: a stripped static Rust program whose TLS is rustls on aws-lc-rs, with
+# AWS-LC's NEON and ARMv8-crypto assembly chosen at run time by OPENSSL_armcap_P.
+UV = "uv-0.13.9-py3-none-linux_armv6l.whl"
+UV_PROGRAM = "uv-0.13.9.data/scripts/uv"
+# TLS 1.3 as the server likes it, and TLS 1.2 with each AEAD, so that ChaCha20-Poly1305 and
+# AES-GCM (with GHASH) both run, after an ECDHE key exchange and an ECDSA/SHA-256 certificate check.
+TLS_SETTINGS = {
+    "tls1.3": None,
+    "chacha20-poly1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "aes128-gcm": "ECDHE-ECDSA-AES128-GCM-SHA256",
+}
+NO_SUCH_PROJECT = "there are no versions of demo"
+
+
+def issue_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a 127.0.0.1 server certificate it signed (ECDSA P-256): ca, cert, key."""
+    ca, ca_key, cert, key, csr = (folder / n for n in ("ca.pem", "ca.key", "cert.pem", "key.pem", "leaf.csr"))
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    run("openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=buildkit test CA")
+    run("openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    sign = ("-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2", "-extfile", folder / "ext.cnf")
+    run("openssl", "x509", "-req", "-in", csr, *sign, "-out", cert)  # X.509 v3: the extensions make it one
+    return ca, cert, key
+
+
+@contextmanager
+def https_index(folder: Path, cert: Path, key: Path, ciphers: str | None) -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTPS server of an empty package index: its URL and the request lines it served."""
+    (folder / "www" / "simple" / "demo").mkdir(parents=True, exist_ok=True)
+    (folder / "www" / "simple" / "demo" / "index.html").write_text("<html><body></body></html>\n")
+    served: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            served.append(format % args)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if ciphers:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(ciphers)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=folder / "www"))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/simple/", served
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_aws_lc_neon_and_armv8_crypto_in_uv(tmp_path):
+    require_tools("openssl")
+    wheel = pypi_wheel(UV)
+    program = unpacked(wheel) / UV_PROGRAM
+    ca, cert, key = issue_certificates(tmp_path)
+    (tmp_path / "req.in").write_text("demo\n")
+    env = {"SSL_CERT_FILE": str(ca), "HOME": str(tmp_path), "UV_PYTHON_DOWNLOADS": "never"}
+    compile_ = ("pip", "compile", "--no-config", "--no-cache", "--python-version", "3.11", "--python-platform", "linux")
+    for setting, ciphers in TLS_SETTINGS.items():
+        with https_index(tmp_path / setting, cert, key, ciphers) as (url, served):
+            for cpu in ("arm1176", "max"):
+                ran = run_arm(program, *compile_, "--index-url", url, str(tmp_path / "req.in"), cpu=cpu, env=env)
+                # resolution fails only because the index is empty: the request went through TLS
+                assert ran.returncode == 1 and NO_SUCH_PROJECT in ran.output, (setting, cpu, ran.output)
+            assert sum("GET /simple/demo/" in line and " 200 " in line for line in served) == 2, served
+    report = gate(wheel)
+    assert report.ok, [(f.rule, f.message) for f in report.errors]
+    neon, armv8 = dispatched(report, "aws-lc-arm-neon"), dispatched(report, "aws-lc-arm-armv8-crypto")
+    assert {f.rule for f in neon} >= {"code.neon", "code.vfp_d32"} and {f.rule for f in armv8} >= {"code.crypto"}
+    assert sum(f.evidence["count"] for f in neon + armv8) > 4000
+
+
+# maturin's linux_armv6l wheel: rustls on ring 0.17.14 (with its symbols), trusting only its built-in
+# roots: a handshake with the loopback server runs the key exchange and decrypts the server's
+# certificate before it refuses the test CA.
+MATURIN = "maturin-1.16.0-py3-none-linux_armv6l.whl"
+MATURIN_PROGRAM = "maturin-1.16.0.data/scripts/maturin"
+CERTIFICATE_REFUSED = "invalid peer certificate: UnknownIssuer"
+
+
+def test_ring_neon_in_maturin(tmp_path):
+    require_tools("openssl")
+    wheel = pypi_wheel(MATURIN)
+    program = unpacked(wheel) / MATURIN_PROGRAM
+    _, cert, key = issue_certificates(tmp_path)
+    upload = ("upload", "--non-interactive", "--skip-existing", "-u", "user", "-p", "secret")
+    for setting, ciphers in TLS_SETTINGS.items():
+        with https_index(tmp_path / setting, cert, key, ciphers) as (url, _):
+            for cpu in ("arm1176", "max"):
+                ran = run_arm(
+                    program, *upload, "--repository-url", url, str(wheel), cpu=cpu, env={"HOME": str(tmp_path)}
+                )
+                assert ran.returncode == 1 and CERTIFICATE_REFUSED in ran.output, (setting, cpu, ran.output)
+    report = gate(wheel)
+    assert report.ok, [(f.rule, f.message) for f in report.errors]
+    [neon] = [f for f in dispatched(report, "ring-arm-neon") if f.rule == "code.neon"]
+    assert "ring_core_0_17_14__x25519_NEON" in neon.evidence["symbols"] and neon.evidence["count"] > 4000
+
+
+def aws_lc_body(index: int) -> bytes:
+    """The bytes of one of the aws-lc-arm-neon rule's whole-body signatures, as uv's binary holds them."""
+    [rule] = [r for r in load_dispatch_rules() if r.id == "aws-lc-arm-neon"]
+    signature = rule.signatures[index]
+    data = (unpacked(pypi_wheel(UV)) / UV_PROGRAM).read_bytes()
+    start = data.find(b"".join(int(w, 16).to_bytes(4, "little") for w in signature.words))
+    return data[start : start + signature.length]
+
+
+def test_aws_lc_neon_code_called_from_main_or_cut_short_fails(tmp_path):
+    """ChaCha20_ctr32_neon's own first instructions, called from main with no CPU check: SIGILL on
+    an ARM1176 and a violation, because a body counts only whole (its SHA-256)."""
+    require_tools(CC)
+    body = aws_lc_body(0)
+    first_neon = next(i for i in range(0, len(body), 4) if body[i + 3] == 0xF4)  # vld1/vst1
+    head = body[: first_neon + 4]
+    words = ", ".join(f"0x{int.from_bytes(head[i : i + 4], 'little'):08x}" for i in range(0, len(head), 4))
+    (tmp_path / "head.s").write_text(
+        f".text\n.arm\n.global neon_head\n.type neon_head,%function\nneon_head:\n.inst {words}\n"
+    )
+    (tmp_path / "main.c").write_text("void neon_head(void);\nint main(void) { neon_head(); return 0; }\n")
+    binary = tmp_path / "direct"
+    run(CC, "-static", "-O1", "-o", binary, tmp_path / "main.c", tmp_path / "head.s")
+    assert run_arm(binary).returncode != 0, "ground truth: SIGILL on an ARM1176"
+    for kind, variant in stripped_copies(binary).items():
+        report = gate(variant)
+        assert not report.ok and not dispatched(report, "aws-lc-arm-neon"), kind

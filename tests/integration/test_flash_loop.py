@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,29 @@ def test_a_card_that_does_not_keep_the_data_fails_the_read_back(run_cli, image, 
     assert f"read-back mismatch on {disk}: the image's sha256 is {digest}" in line
     assert f"first difference at byte {offset}" in line
     assert "the card is faulty or counterfeit" in line
+
+
+def test_an_interrupted_write_says_the_card_is_half_written(buildkit_cli, tmp_path):
+    image = tmp_path / "big.img"
+    with open(image, "wb") as fh:
+        fh.truncate(256 * MIB)
+    with loop_device(tmp_path / "big-disk.bin", 256 * MIB) as device:
+        flashing = subprocess.Popen(
+            [*buildkit_cli, "flash", str(image), str(device), "--yes"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert flashing.stderr is not None
+        for line in flashing.stderr:
+            if "writing big.img" in line:
+                break
+        # Stopped first, so that the signal lands inside the write however fast the device is.
+        flashing.send_signal(signal.SIGSTOP)
+        flashing.send_signal(signal.SIGINT)
+        flashing.send_signal(signal.SIGCONT)
+        rest = flashing.stderr.read()
+        assert flashing.wait(timeout=60) == 130
+
+    assert "Traceback" not in rest
+    assert f"buildkit: interrupted; {device} is half-written" in rest
+    assert "no partial output was kept" not in rest

@@ -190,3 +190,68 @@ def test_verdicts_are_cached_by_content_and_policy_and_no_cache_turns_it_off(run
     fresh = tmp_path / "fresh"
     off = run_cli("verify", "artifact", *mixed, "--format", "json", "--no-cache", env={"BUILDKIT_CACHE": str(fresh)})
     assert off.stdout == cold.stdout and not fresh.exists()
+
+
+@pytest.fixture
+def objects_tree(gate_c_binaries, tmp_path):
+    """A directory of six ARM executables (no loader: a partial tree), one of them above pi1."""
+    tree = tmp_path / "objects"
+    tree.mkdir()
+    for name in SIX_OBJECTS:
+        shutil.copy(gate_c_binaries[name], tree / name)
+    return tree
+
+
+SIX_OBJECTS = (
+    "armel-default",
+    "armel-armv6",
+    "armel-armv6kz-vfp",
+    "armel-armv7a",
+    "armel-neon",
+    "armhf-static-armv6",
+)
+
+
+def verdict_entries(cache: Path) -> set[Path]:
+    return set((cache / "gate-verdicts").rglob("*.json"))
+
+
+def test_a_warm_run_re_checks_exactly_the_object_that_changed(run_cli, gate_c_binaries, objects_tree, tmp_path):
+    cache = tmp_path / "cache"
+    env = {"BUILDKIT_CACHE": str(cache)}
+    cold = run_cli("verify", "artifact", objects_tree, "--format", "json", env=env)
+    before = verdict_entries(cache)
+    assert cold.returncode == 1 and len(before) == len(SIX_OBJECTS)
+    shutil.copy(gate_c_binaries["armel-thumb-armv7a"], objects_tree / "armel-default")
+    warm = run_cli("verify", "artifact", objects_tree, "--format", "json", env=env)
+    assert len(verdict_entries(cache) - before) == 1  # the other five verdicts came from the cache
+    afresh = run_cli("verify", "artifact", objects_tree, "--format", "json", "--no-cache", env=env)
+    assert (warm.returncode, warm.stdout) == (afresh.returncode, afresh.stdout)
+    assert "armel-default" in {f["path"].rsplit("/", 1)[-1] for f in json.loads(warm.stdout)["findings"]}
+    assert len(verdict_entries(cache) - before) == 1  # --no-cache neither reads nor writes verdicts
+
+
+def test_an_edited_profile_is_other_policy_and_checks_every_object_again(run_cli, objects_tree, tmp_path):
+    cache = tmp_path / "cache"
+    env = {"BUILDKIT_CACHE": str(cache)}
+    profile = tmp_path / "mine.toml"
+    profile.write_text('extends = "pi1"\n\n[profile]\nname = "mine"\ndescription = "one"\n')
+    first = run_cli("verify", "artifact", objects_tree, "--profile", profile, "--format", "json", env=env)
+    assert len(verdict_entries(cache)) == len(SIX_OBJECTS), first.stderr
+    profile.write_text(profile.read_text().replace('"one"', '"two"'))
+    second = run_cli("verify", "artifact", objects_tree, "--profile", profile, "--format", "json", env=env)
+    assert len(verdict_entries(cache)) == 2 * len(SIX_OBJECTS)
+    assert (second.returncode, second.stdout) == (first.returncode, first.stdout)
+
+
+def test_objects_examined_in_worker_processes_give_the_same_report(run_cli, objects_tree, tmp_path):
+    alone = run_cli(
+        "verify", "artifact", objects_tree, "--format", "json", "--no-cache", env={"BUILDKIT_GATE_JOBS": "1"}
+    )
+    pooled = run_cli(
+        "verify", "artifact", objects_tree, "--format", "json", "--no-cache", env={"BUILDKIT_GATE_JOBS": "3"}
+    )
+    assert (pooled.returncode, pooled.stdout) == (alone.returncode, alone.stdout) and alone.returncode == 1
+    bad = run_cli("verify", "artifact", objects_tree, "--no-cache", env={"BUILDKIT_GATE_JOBS": "many"})
+    assert bad.returncode == 2 and "BUILDKIT_GATE_JOBS='many'" in bad.stderr
+    no_traceback(bad)

@@ -341,3 +341,19 @@ def test_a_directory_that_is_not_empty_is_refused_before_any_work(inputs, clean_
     proc = clean_cli(*image_args(inputs), "--dir", card_dir)
     assert proc.returncode == 2 and f"--dir {card_dir}: not an empty directory" in proc.stderr
     assert sorted(p.name for p in card_dir.iterdir()) == ["old.apkovl.tar.gz"]
+
+
+def test_a_profile_file_outside_verify_is_given_by_path(inputs, clean_cli, tmp_path):
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "verify" / "profiles" / "pi1.toml", boards / "pi1.toml")
+    card_dir = tmp_path / "card"
+    proc = clean_cli(*image_args(inputs, "--profile", boards / "pi1.toml", "--dir", card_dir))
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert (card_dir / "cmdline.txt").is_file()
+
+
+def test_a_profile_for_another_board_is_exit_2(inputs, clean_cli, tmp_path):
+    line = refused(clean_cli, image_args(inputs, "--profile", "armv7"), tmp_path)
+    assert "--profile armv7" in line and "built for the profile 'pi1'" in line

@@ -126,7 +126,7 @@ def test_payload_image_is_root_owned_clamped_and_has_the_mount_points(packaged_t
 
 def test_sdcard_readme_has_the_boot_lines(packaged_twice):
     text = packaged_twice[0].sdcard_readme.read_text()
-    assert f"apkovl=mmcblk0p1:vfat:/{NAME}.apkovl.tar.gz" in text
+    assert f"apkovl=/dev/mmcblk0p1:vfat:/{NAME}.apkovl.tar.gz" in text
     assert "dtparam=random=on" in text
     assert "/media/mmcblk0p1/secrets/demo/token" in text
 

@@ -223,3 +223,22 @@ def test_an_unreachable_server_is_one_line_without_the_password(free_port):
         open_registry(f"postgresql://buildkit:hunter2@127.0.0.1:{free_port}/registry")
     assert "hunter2" not in str(caught.value) and "\n" not in str(caught.value)
     assert str(caught.value).startswith(f"registry postgresql+psycopg://buildkit:***@127.0.0.1:{free_port}/registry:")
+
+
+def test_the_card_image_adds_its_files_to_the_latest_provisioning(registry):
+    registry.add_device(new("web1", 1), "alice")
+    with pytest.raises(UserError, match="never provisioned"):
+        registry.add_card_files("web1", [CardFile("config.txt", SHA_A, 1)])
+    registry.record_provisioning(
+        "web1", "hello", "1", SHA_A, f"{1:016X}", [CardFile("web1.apkovl.tar.gz", SHA_B, 2)], "a"
+    )
+    card = [CardFile("web1.apkovl.tar.gz", SHA_B, 2), CardFile("config.txt", SHA_C, 3), CardFile("boot/k", SHA_A, 4)]
+    assert registry.add_card_files("web1", card) == 2
+    assert registry.add_card_files("web1", card) == 0
+    assert dict(registry.device("web1").card_files) == {
+        "web1.apkovl.tar.gz": SHA_B,
+        "config.txt": SHA_C,
+        "boot/k": SHA_A,
+    }
+    with pytest.raises(UserError, match="config.txt on the card differ from what was provisioned"):
+        registry.add_card_files("web1", [CardFile("config.txt", SHA_A, 3)])

@@ -34,6 +34,7 @@ class Service:
     fleet: list[SimulatedDevice]
     files: dict[str, str]  # what a clean device reports
     log: Path
+    pid: int  # the service's process
 
 
 def write_release(directory: Path) -> Release:
@@ -61,7 +62,7 @@ def running_service(work: Path, store_url: str, devices: int, prefix: str = "sim
     registry_url = f"sqlite:///{work}/registry.sqlite"
     fleet = make_fleet(devices, prefix)
     with open_registry(registry_url) as registry:
-        enrol_fleet(registry, fleet, release)
+        enrol_fleet(registry, fleet, release, {"boot/vmlinuz-rpi": CARD["boot/vmlinuz-rpi"]})
     port, log = free_port(), work / "verifier.log"
     argv = [
         *(sys.executable, "-m", "buildkit", "verifier", "serve", "--key", str(work / "verifier.key")),
@@ -83,6 +84,7 @@ def running_service(work: Path, store_url: str, devices: int, prefix: str = "sim
             fleet,
             {**CARD, "manifest.json": release.manifest_sha256},
             log,
+            proc.pid,
         )
     finally:
         proc.terminate()

@@ -1,17 +1,21 @@
 """Real artifacts from the public registries for the gate's ground-truth tests, downloaded once into a
-cache that outlives the test session (like the Go build cache): PyPI wheels with `pip download`,
-npm packages with `npm pack`, Debian packages from the archive's pool. Each is run under
+cache that outlives the test session (like the Go build cache): PyPI wheels by exact file name
+(through PyPI's JSON API), npm registry tarballs, Debian packages from the archive's pool. Each is run under
 `qemu-arm -cpu arm1176` (the Pi 1's CPU) and `-cpu max` for the truth the gate must agree with."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
-import sys
 import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from buildkit.fsutil import write_bytes_atomic
 from support import require_tools
@@ -24,40 +28,48 @@ ARMHF_SYSROOT = "/usr/arm-linux-gnueabihf"
 RUN_TIMEOUT_S = 60
 
 
-def pypi_wheel(requirement: str, platform: str) -> Path:
-    """The wheel of `requirement` (pinned: name==version) for `platform`, e.g. linux_armv6l."""
-    name = requirement.split("==", 1)[0].replace("-", "_")
-    folder = CACHE / "pypi" / platform
-    if not (found := sorted(folder.glob(f"{name}-*.whl"))):
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
-            + ["--platform", platform, "--dest", str(folder), requirement],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        found = sorted(folder.glob(f"{name}-*.whl"))
-    return found[-1]
+PYPI = "https://pypi.org/pypi"
+
+
+def fetched(url: str, target: Path) -> Path:
+    """`target`, downloaded from `url` once. A 404 means the registry dropped that pinned version:
+    the test is skipped, naming it (pin a current one); any other failure fails the test."""
+    if not target.is_file():
+        try:
+            with urllib.request.urlopen(url, timeout=120) as response:
+                write_bytes_atomic(target, response.read())
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                pytest.skip(f"{url}: 404, the registry no longer has this pinned artifact")
+            raise
+    return target
+
+
+def pypi_wheel(filename: str) -> Path:
+    """A wheel by its exact file name (name-version-...whl), found through PyPI's JSON API."""
+    name, version = filename.split("-")[:2]
+    target = CACHE / "pypi" / filename
+    if target.is_file():
+        return target
+    index = f"{PYPI}/{name}/json"
+    with urllib.request.urlopen(index, timeout=60) as response:
+        release = json.load(response)["releases"].get(version, [])
+    urls = [urllib.parse.urljoin(index, f["url"]) for f in release if f["filename"] == filename]
+    if not urls:
+        pytest.skip(f"{filename}: PyPI no longer lists this pinned wheel of {name} {version}")
+    return fetched(urls[0], target)
 
 
 def npm_tarball(spec: str) -> Path:
     """The registry tarball of a pinned package spec (`@scope/name@version`), as `npm pack` would fetch."""
     name, version = spec.rsplit("@", 1)
     target = CACHE / "npm" / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
-    if not target.is_file():
-        url = f"{NPM_REGISTRY}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"
-        with urllib.request.urlopen(url, timeout=120) as response:
-            write_bytes_atomic(target, response.read())
-    return target
+    return fetched(f"{NPM_REGISTRY}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz", target)
 
 
 def debian_deb(pool_path: str) -> Path:
     """A .deb from Debian's pool, e.g. "h/hello/hello_2.10-3_armel.deb" (bookworm versions)."""
-    target = CACHE / "debian" / pool_path.rsplit("/", 1)[-1]
-    if not target.is_file():
-        with urllib.request.urlopen(f"{DEBIAN_POOL}/{pool_path}", timeout=120) as response:
-            write_bytes_atomic(target, response.read())
-    return target
+    return fetched(f"{DEBIAN_POOL}/{pool_path}", CACHE / "debian" / pool_path.rsplit("/", 1)[-1])
 
 
 def unpacked(archive: Path) -> Path:

@@ -101,8 +101,11 @@ def test_the_boot_counter_never_goes_back(world):
 
 
 def test_measurements_decide_and_the_first_report_pins_the_rest(world):
-    verifier, device, _, _ = world
-    assert verifier.submit(report(verifier, device)).verdict.decision == "allow"
+    verifier, device, _, enrolled = world
+    first = verifier.submit(report(verifier, device)).verdict
+    # Nothing vouches for the boot files but the first report: allowed, and named as trusted on first use.
+    assert (first.decision, first.reasons) == ("allow", ("tofu: boot/vmlinuz-rpi", "tofu: config.txt"))
+    enrolled[HOST] = Enrolled(HOST, "active", device.public(), PINS["manifest.json"], BOOT)  # the card recorded
     changed = verifier.submit(report(verifier, device, files={**PINS, **BOOT, "config.txt": "f" * 64}))
     assert changed.verdict.reasons == ("mismatch: config.txt",)
     tampered = verifier.submit(report(verifier, device, files={**PINS, **BOOT, "hello.squashfs": "0" * 64}))
@@ -111,6 +114,14 @@ def test_measurements_decide_and_the_first_report_pins_the_rest(world):
     assert verifier.submit(report(verifier, device, files=missing)).verdict.reasons == ("missing: hello.squashfs",)
     unlisted = {k: v for k, v in {**PINS, **BOOT}.items() if k != "manifest.json"}
     assert verifier.submit(report(verifier, device, files=unlisted)).verdict.reasons == ("not reported: manifest.json",)
+
+
+def test_a_file_only_the_first_report_vouches_for_is_still_compared(world):
+    verifier, device, _, _ = world
+    verifier.submit(report(verifier, device))
+    changed = verifier.submit(report(verifier, device, files={**PINS, **BOOT, "config.txt": "f" * 64})).verdict
+    assert changed.decision == "quarantine"
+    assert changed.reasons == ("mismatch: config.txt", "tofu: boot/vmlinuz-rpi", "tofu: config.txt")
 
 
 def test_unknown_release_and_revoked_device_are_quarantined(world):

@@ -3,7 +3,8 @@
 The scan only disassembles words in the encoding families that can hold post-ARMv6 instructions
 (codescan.ARM_CANDIDATES, THUMB_CANDIDATES); these tests decide words with Capstone and classify()
 directly and check that each flagged one is caught by the filter: exhaustively for 16-bit Thumb,
-by a seeded sample of the 32-bit words outside the candidate families for ARM."""
+by a seeded sample of the 32-bit words outside the candidate families for ARM. The words decided
+without Capstone (codescan.ARM_V6_SAFE) are checked the same way: none is flagged."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import random
 import pytest
 
 from buildkit.archgate import codescan
-from buildkit.archgate.codescan import ARM_SCAN, THUMB_SCAN, CodeRules, classify, decode
+from buildkit.archgate.codescan import (
+    ARM_CANDIDATES,
+    ARM_V6_SAFE,
+    THUMB_SCAN,
+    CodeRules,
+    classify,
+    decode,
+)
 from support.codescan import profile_rules
 
 ARM_SAMPLE = 60_000
@@ -30,6 +38,10 @@ def is_candidate(pattern, code: bytes) -> bool:
     return match is not None and match.group(1) == code
 
 
+def is_arm_candidate(code: bytes) -> bool:
+    return list(codescan._arm_candidate_offsets(code, 0, 4)) == [0]
+
+
 def flagged(state: str, code: bytes, rules: CodeRules) -> bool:
     insn = decode(state, code)
     return insn is not None and classify(state, code, insn, rules) is not None
@@ -40,7 +52,7 @@ def test_no_arm_word_outside_the_candidate_families_is_flagged(strictest):
     checked, missed = 0, []
     while checked < ARM_SAMPLE:
         code = rng.getrandbits(32).to_bytes(4, "little")
-        if is_candidate(ARM_SCAN, code):
+        if is_arm_candidate(code):
             continue
         checked += 1
         if flagged("arm", code, strictest):
@@ -75,3 +87,33 @@ def test_capstone_groups_are_compared_by_name():
 
     assert codescan.GROUP_NAMES[arm_const.ARM_GRP_DATABARRIER] == "DATABARRIER"
     assert {group for group, _ in codescan.GROUP_RULES} <= set(codescan.GROUP_NAMES.values())
+
+
+def candidate_word(word: int) -> bool:
+    unconditional = word >> 28 == 0xF
+    return codescan._matches(word, ARM_CANDIDATES) and (unconditional or not codescan._matches(word, ARM_V6_SAFE))
+
+
+def test_the_column_filter_finds_exactly_the_words_of_the_candidate_families():
+    rng = random.Random(11)
+    data = rng.randbytes(4 * 20_000 + 3)
+    for start, end in ((0, len(data)), (8, 4 * 19_000 + 2), (4, 4)):
+        expected = [
+            offset
+            for offset in range(start, end - 3, 4)
+            if candidate_word(int.from_bytes(data[offset : offset + 4], "little"))
+        ]
+        assert list(codescan._arm_candidate_offsets(data, start, end)) == expected
+
+
+def test_no_word_decided_without_capstone_is_flagged(strictest):
+    """ARMv6 halfword/doubleword loads and stores and the multiplies, any registers and offsets."""
+    rng = random.Random(5)
+    missed = []
+    for mask, value in ARM_V6_SAFE:
+        for _ in range(ARM_SAMPLE // len(ARM_V6_SAFE)):
+            word = rng.getrandbits(32) & ~mask | value
+            code = word.to_bytes(4, "little")
+            if word >> 28 != 0xF and flagged("arm", code, strictest):
+                missed.append(code[::-1].hex())
+    assert missed == []

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
+import struct
 import tomllib
 from dataclasses import replace
 
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from buildkit.archgate.coderules import DispatchRule, Signature
 from buildkit.archgate.codescan import CodeRules, scan_elf
 from buildkit.archgate.profile import load_dispatch_rules
 from buildkit.errors import UserError
@@ -105,6 +108,19 @@ def test_the_shipped_dispatch_rules_load_into_every_profile():
             "dispatch.0.signature.0.masks: 2 masks for 1",
         ),
         ({"signature": []}, "dispatch.0: a dispatch rule needs symbols, sonames or a signature"),
+        ({"signature": [{"words": ["f57ff05b"], "length": 8}]}, "dispatch.0.signature.0.length: a whole-body"),
+        (
+            {"signature": [{"words": ["f57ff05b"], "length": 6, "sha256": "0" * 64}]},
+            "dispatch.0.signature.0.length: 6 is not a whole number of words",
+        ),
+        (
+            {"signature": [{"words": ["f57ff05b"], "masks": ["ffffffff"], "length": 8, "sha256": "0" * 64}]},
+            "dispatch.0.signature.0.masks: a whole-body signature is exact bytes",
+        ),
+        (
+            {"signature": [{"words": ["f57ff05b"], "length": 8, "sha256": "xyz"}]},
+            "dispatch.0.signature.0.sha256: 'xyz' is not a SHA-256",
+        ),
     ],
 )
 def test_bad_dispatch_rules_are_rejected_with_the_key_named(tmp_path, change, message):
@@ -148,3 +164,33 @@ def test_more_code_than_the_profile_allows_stops_the_scan_with_the_figure():
     rules = replace(profile_rules(), max_scan_bytes=1024)
     scan = scan_bytes(words(DMB_ISH) * 512, rules)
     assert scan.limit == "bytes" and scan.limit_evidence == {"code_bytes": 2048, "limit": 1024}
+
+
+VAND_Q0 = 0xF2000150  # NEON
+
+
+def body_rule(body: bytes, anchor_words: int = 2) -> CodeRules:
+    """pi1 with one dispatch rule whose whole-body signature is `body`."""
+    signature = Signature(
+        words=tuple(f"{w:08x}" for w in struct.unpack_from(f"<{anchor_words}I", body)),
+        length=len(body),
+        sha256=hashlib.sha256(body).hexdigest(),
+    )
+    rule = DispatchRule("body", frozenset({"code.neon"}), "r", "s", "v", signatures=(signature,))
+    return replace(profile_rules(), dispatch=(rule,))
+
+
+def test_a_whole_body_signature_covers_every_hit_inside_that_body_only():
+    body = words(NOP, VAND_Q0, NOP, VAND_Q0, VAND_Q0, BX_LR)
+    rules = body_rule(body)
+    scan = scan_bytes(words(NOP, VAND_Q0, BX_LR) + body + words(VAND_Q0, BX_LR), rules)
+    assert scan.total_hits == 2 and [h.address for h in scan.hits] == [0x8004, 0x8024]
+    assert [(d.dispatch, d.count) for d in scan.dispatched] == [("body", 3)]
+
+
+def test_a_body_with_one_word_changed_or_cut_short_is_not_covered():
+    body = words(NOP, VAND_Q0, NOP, VAND_Q0, VAND_Q0, BX_LR)
+    rules = body_rule(body)
+    changed = words(NOP, VAND_Q0, NOP, VAND_Q0, VAND_Q0, NOP, BX_LR)
+    assert scan_bytes(changed, rules).total_hits == 3
+    assert scan_bytes(body[:-4], rules).total_hits == 3  # the anchor is there, the rest is not

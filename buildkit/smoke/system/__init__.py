@@ -3,33 +3,39 @@ raspi1ap, an ARM1176) with Debian's own Pi 1 kernel. An initramfs does what Alpi
 card (finds it, unpacks the first apkovl at its top over a tmpfs root) and busybox init starts the
 overlay's services with real OpenRC. The checks are the platform checks of `buildkit smoke`, now
 as the ARM kernel sees them (its firewall, its namespaces, the seccomp filter enforced, the
-BCM2835 RNG), and the recipe's HTTP probes from the host through the emulated USB network.
+BCM2835 RNG); the recipe's declared checks and the checks of the sandbox's bounds are
+`buildkit smoke`'s own, run from the host through the emulated USB network with the agent as the
+intruder (agentlink.py). Then the card is booted a second time with one byte of the payload image
+flipped: the integrity gate must refuse it on boot.
 
 An agent in the guest reports facts on the console (agent in guest/); they are judged here
-(evidence.py). The console log is saved beside the report.
+(evidence.py). The console log of both boots is saved beside the report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
-import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from buildkit.build.stage import BUILD_INFO
 from buildkit.context import cache_dir, project_root
 from buildkit.errors import UserError
+from buildkit.fsutil import write_bytes_atomic
 from buildkit.layout import APKOVL_GLOB
 from buildkit.recipe import Smoke
 from buildkit.seccomp import parse_source
 from buildkit.smoke.device import PAYLOAD_SCRIPT, PayloadConfig, unpack_overlay
-from buildkit.smoke.media import PackageFiles, manifest_name
-from buildkit.smoke.results import CheckResult, SmokeResult
-from buildkit.smoke.system.card import card_copy, card_from_files, write_on_card
+from buildkit.smoke.media import PackageFiles, flip_middle_byte, manifest_name, read_build_info
+from buildkit.smoke.results import CheckFailed, CheckResult, SmokeResult
+from buildkit.smoke.system.card import card_copy, card_from_files, copy_from_card, fat_offset, write_on_card
 from buildkit.smoke.system.debian import fetch_userland
-from buildkit.smoke.system.evidence import Evidence, Host, judge, plan
+from buildkit.smoke.system.evidence import TAMPERED, Evidence, Host, check_tampered, judge, plan
 from buildkit.smoke.system.initramfs import STAGE1_MODULES, base_archive, probe_program, run_archive
 from buildkit.smoke.system.qemu import Board, boot, patched_dtb
 from buildkit.toolchain import require_tool
@@ -41,6 +47,9 @@ DEFAULT_TIMEOUT = 240.0  # a boot takes 35–110 s of wall time on 2 loaded core
 ROOT_SIZE = "256m"
 SETTLE_SECONDS = 2  # after OpenRC's default runlevel: a payload that crashes at once has by then
 CONSOLE_LOG_SUFFIX = ".console.log"
+TAMPERED_AGENT = "tampered"  # the agent of the second boot only reports what the integrity gate did
+TAMPERED_BOOT_TIME = "tampered boot: qemu start to the integrity gate's refusal reported (host)"
+SECOND_BOOT_HEADER = "\n=== second boot: the card with one flipped byte in the payload image ===\n"
 # Harmless syscalls (ARM EABI number, name) whose refusal the probe shows: the first one outside the
 # filter's allow-list is made, with zero arguments, inside and outside the filter.
 PROBE_SYSCALLS = ((136, "personality"), (157, "sched_getscheduler"), (147, "getsid"), (132, "getpgid"))
@@ -65,7 +74,8 @@ def require_system_host() -> None:
 
 def smoke_system(target: Path, timeout: float = DEFAULT_TIMEOUT, console_log: Path | None = None) -> SmokeResult:
     """Boot `target` (an OUT_DIR of `buildkit package`, or a card image of `buildkit image`) on the
-    emulated Pi 1 and check it; the guest's console is copied to `console_log`."""
+    emulated Pi 1 and check it, then boot it once more with a flipped byte in the payload image;
+    the guest's console of both boots is copied to `console_log`."""
     require_system_host()
     cache = cache_dir(project_root(Path.cwd())) / "smoke-system"
     with tempfile.TemporaryDirectory(prefix="buildkit-smoke-system-") as tmp:
@@ -74,18 +84,68 @@ def smoke_system(target: Path, timeout: float = DEFAULT_TIMEOUT, console_log: Pa
         userland = fetch_userland(cache)
         dtb = patched_dtb(userland.kernel.dtb_dir, scratch / "pi.dtb")
         secret_values = provision_secrets(card, scratch)
-        initrd = scratch / "initrd"
         probe = probe_syscall(card)
-        run = run_archive(guest_settings(card, probe[0]), probe_program(probe[0]), guest_files(card, secret_values))
-        initrd.write_bytes(base_archive(userland, cache).read_bytes() + run)
-        with boot(userland.kernel.image, dtb, initrd, card.image, card.config.port, scratch) as board:
+        base = base_archive(userland, cache).read_bytes()
+
+        def boot_card(agent: str, where: Path) -> contextlib.AbstractContextManager[Board]:
+            initrd = where / "initrd"
+            run = run_archive(
+                guest_settings(card, probe[0], agent),
+                probe_program(probe[0]),
+                guest_files(card, secret_values),
+                card.root,
+                base_archive(userland, cache),
+            )
+            initrd.write_bytes(base + run)
+            return boot(userland.kernel.image, dtb, initrd, card.image, card.config.port, where)
+
+        with boot_card("", scratch) as board:
             host = drive(board, card, secret_values, timeout)
             console = list(board.console.lines)
+        tamper_payload_image(card, scratch)
+        second = scratch / "tampered"
+        second.mkdir()
+        with boot_card(TAMPERED_AGENT, second) as board:
+            host.results[TAMPERED] = drive_tampered(board, card.name, timeout)
         if console_log is not None:
-            shutil.copyfile(scratch / "console.log", console_log)
+            save_consoles(console_log, scratch / "console.log", second / "console.log")
     evidence = Evidence.parse(console)
     checks: tuple[CheckResult, ...] = judge(evidence, host, card.config, card.settings, card.smoke, probe)
-    return SmokeResult(str(target), checks, host.timings(evidence))
+    second_boot = (TAMPERED_BOOT_TIME, host.results[TAMPERED].seconds)
+    return SmokeResult(str(target), checks, (*host.timings(evidence), second_boot))
+
+
+def tamper_payload_image(card: Card, scratch: Path) -> None:
+    """One byte in the middle of the payload image on the card inverted, as `buildkit smoke` does."""
+    image = copy_from_card(card.image, card.config.image, scratch / "tampered-image")
+    flip_middle_byte(image)
+    write_on_card(card.image, {card.config.image: image.read_bytes()}, scratch)
+    image.unlink()
+
+
+def drive_tampered(board: Board, name: str, timeout: float) -> CheckResult:
+    """The second boot: up to the agent's report of what the integrity gate did, then qemu is stopped."""
+    done = board.console.wait_for(("BKS done", "BKS stage1 FAIL"), board.started + timeout)
+    seconds = round(time.monotonic() - board.started, 3)
+    evidence = Evidence.parse(list(board.console.lines))
+    try:
+        if done is None or not done.startswith("BKS done"):
+            raise CheckFailed(f"the second boot, from the tampered card: {not_reported(evidence)}")
+        return CheckResult(TAMPERED, True, check_tampered(evidence, name), seconds)
+    except CheckFailed as exc:
+        return CheckResult(TAMPERED, False, str(exc), seconds)
+
+
+def not_reported(evidence: Evidence) -> str:
+    if failed := evidence.marker("stage1"):
+        return f"the initramfs stopped: {failed}"
+    panic = next((line.strip() for line in evidence.console if "Kernel panic" in line), "")
+    return f"the agent did not report within the boot bound{f' ({panic})' if panic else ''}"
+
+
+def save_consoles(dest: Path, first: Path, second: Path) -> None:
+    text = first.read_text(errors="replace") + SECOND_BOOT_HEADER + second.read_text(errors="replace")
+    write_bytes_atomic(dest, text.encode())
 
 
 def prepare_card(target: Path, scratch: Path) -> Card:
@@ -106,8 +166,7 @@ def prepare_card(target: Path, scratch: Path) -> Card:
             )
     elif target.is_file():
         image = card_copy(target, scratch / "card.img")
-        root, name = card_overlay(image, scratch)
-        smoke = Smoke()
+        root, name, smoke = card_overlay(image, scratch)
     else:
         raise UserError(f"{target}: neither an output directory of `buildkit package` nor a card image")
     if not (root / PAYLOAD_SCRIPT).is_file():
@@ -116,28 +175,26 @@ def prepare_card(target: Path, scratch: Path) -> Card:
     return Card(image, name, smoke, root, config, conf_settings(root / "etc/buildkit" / f"{name}.conf"))
 
 
-def card_overlay(image: Path, scratch: Path) -> tuple[Path, str]:
-    """The overlay and the payload's name, read from a card image's FAT partition."""
-    from buildkit.smoke.system.card import fat_offset
-
+def card_overlay(image: Path, scratch: Path) -> tuple[Path, str, Smoke]:
+    """The overlay, the payload's name and the [smoke] table, read from a card image's FAT
+    partition (`buildkit image` puts the package's build.json there; a card without one gets the
+    platform checks only)."""
     files = scratch / "card-files"
     files.mkdir()
-    fat = f"{image}@@{fat_offset(image)}"
-    import subprocess
-
     listing = subprocess.run(
-        [str(require_tool("mdir")), "-b", "-i", fat, "::/"], capture_output=True, text=True
+        [str(require_tool("mdir")), "-b", "-i", f"{image}@@{fat_offset(image)}", "::/"], capture_output=True, text=True
     ).stdout.split()
-    wanted = [entry for entry in listing if entry.endswith((".apkovl.tar.gz", "/manifest.json"))]
-    for entry in wanted:
-        subprocess.run([str(require_tool("mcopy")), "-i", fat, entry, str(files)], capture_output=True, check=False)
-    apkovls = sorted(files.glob(APKOVL_GLOB))
-    if not apkovls or not (files / "manifest.json").is_file():
+    top = {entry.removeprefix("::/") for entry in listing}
+    apkovls = sorted(entry for entry in top if entry.endswith(APKOVL_GLOB[1:]))
+    if not apkovls or "manifest.json" not in top:
         raise UserError(f"{image}: the FAT partition has no *.apkovl.tar.gz and manifest.json at its top")
+    for entry in (apkovls[0], "manifest.json", *([BUILD_INFO] if BUILD_INFO in top else [])):
+        copy_from_card(image, entry, files / entry)
     root = scratch / "overlay"
     root.mkdir()
-    unpack_overlay(apkovls[0], root)
-    return root, manifest_name(files / "manifest.json")
+    unpack_overlay(files / apkovls[0], root)
+    smoke = read_build_info(files / BUILD_INFO)[1] if (files / BUILD_INFO).is_file() else Smoke()
+    return root, manifest_name(files / "manifest.json"), smoke
 
 
 def conf_settings(conf: Path) -> dict[str, str]:
@@ -183,9 +240,10 @@ def probe_syscall(card: Card) -> tuple[int, str]:
     raise UserError(f"{source}: allows every probe syscall ({', '.join(n for _, n in PROBE_SYSCALLS)})")
 
 
-def guest_settings(card: Card, probe: int) -> dict[str, str]:
+def guest_settings(card: Card, probe: int, agent: str) -> dict[str, str]:
     config = card.config
     return {
+        "BK_AGENT": agent,
         "BK_HOST_TIME": str(int(time.time())),
         "BK_STAGE1_MODULES": " ".join(STAGE1_MODULES),
         "BK_ROOT_SIZE": ROOT_SIZE,
@@ -209,7 +267,7 @@ def drive(board: Board, card: Card, secret_values: dict[str, str], timeout: floa
     waiting = board.console.wait_for(("BKS waiting", "BKS stage1 FAIL"), deadline)
     host.reached_agent = waiting is not None and waiting.startswith("BKS waiting")
     if host.reached_agent:
-        host.run_network_checks(card.config.port)
+        host.run_service_checks(card.config)
         board.send("go")
         host.finished = board.console.wait_for(("BKS done",), time.monotonic() + timeout) is not None
     return host

@@ -93,3 +93,9 @@ def write_on_card(card: Path, files: dict[str, bytes], scratch: Path) -> None:
         local.write_bytes(data)
         _run("mcopy", "-o", "-i", image, str(local), f"::/{rel}")
         local.unlink()
+
+
+def copy_from_card(card: Path, rel: str, dest: Path) -> Path:
+    """The file at card path `rel` (relative to the FAT root), copied to `dest`."""
+    _run("mcopy", "-n", "-i", f"{card}@@{fat_offset(card)}", f"::/{rel}", str(dest))
+    return dest

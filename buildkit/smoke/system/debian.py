@@ -25,7 +25,8 @@ SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 KERNEL_METAPACKAGE = "linux-image-rpi"
 # Alpine's names for these differ (busybox, openrc, nftables, bubblewrap, tini-static, minisign,
-# setpriv); the libraries are what their Debian armel builds link against.
+# setpriv); the libraries are what their Debian armel builds link against. (Not busybox-static:
+# its shell runs its own applets in preference to the programs on PATH, awk included.)
 USERLAND_PACKAGES = (
     "busybox",
     "libc6",

@@ -13,17 +13,18 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from buildkit.recipe import Smoke
-from buildkit.smoke.bounds import tmpfs_problems_in
+from buildkit.smoke.bounds import check_fork_bomb, check_tmpfs_full, tmpfs_problems_in
 from buildkit.smoke.checks import undeclared_writable
 from buildkit.smoke.device import STOP_BOUND, PayloadConfig
-from buildkit.smoke.probes import http_probe
+from buildkit.smoke.probes import declared_checks
 from buildkit.smoke.procfs import parse_mountinfo
 from buildkit.smoke.results import CheckFailed, CheckResult, snippet
+from buildkit.smoke.system.agentlink import GuestDevice
 from buildkit.smoke.system.qemu import Board
 
 KERNEL_FILESYSTEMS = frozenset({"proc", "sysfs", "devpts", "mqueue", "devtmpfs"})
 POLL_INTERVAL = 0.5
-ANSWER_GRACE = 10.0
+ANSWER_GRACE = 30.0  # an interpreter (hello-py's python3) takes this long to listen on the emulated ARM1176
 IN_GUEST = (
     ("boot-media", "boot"),
     ("overlay-unpacked", "boot"),
@@ -37,16 +38,21 @@ IN_GUEST = (
     ("target-cpu", "cpu"),
 )
 FROM_HOST = ("port-80", "direct-port-closed")
-AFTER_HOST = (("clock-gate", "clock"), ("sigterm-stop", "sigterm"), ("tampered-payload-refused", "tampered"))
+# `buildkit smoke`'s own checks of the sandbox's bounds, with the agent as the intruder.
+BOUNDS = (("tmpfs-full", check_tmpfs_full), ("fork-bomb", check_fork_bomb))
+AFTER_HOST = (("clock-gate", "clock"), ("sigterm-stop", "sigterm"))
+TAMPERED = "tampered-payload-refused"  # the second boot's
 
 
 def plan(smoke: Smoke) -> tuple[str, ...]:
-    """Every check of a `--system` run, in order: the recipe's HTTP probes run from the host."""
+    """Every check of a `--system` run, in order: the recipe's declared checks run from the host."""
     return (
         *(name for name, _ in IN_GUEST),
         *FROM_HOST,
-        *(probe.check_name for probe in smoke.http),
+        *(name for name, _ in declared_checks(smoke)),
+        *(name for name, _ in BOUNDS),
         *(name for name, _ in AFTER_HOST),
+        TAMPERED,
     )
 
 
@@ -146,14 +152,18 @@ class Host:
 
         threading.Thread(target=poll, daemon=True).start()
 
-    def run_network_checks(self, service_port: int) -> None:
+    def run_service_checks(self, config: PayloadConfig) -> None:
+        """From the host while the service runs: port 80, then `buildkit smoke`'s declared checks and
+        its checks of the sandbox's bounds, with the agent doing what needs the guest."""
         self._record("port-80", self._check_port_80)
-        self._record("direct-port-closed", partial(self._check_direct, service_port))
-        for probe in self.smoke.http:
+        self._record("direct-port-closed", partial(self._check_direct, config.port))
+        device = GuestDevice(self.board, config, self.request, self.secret_values, self.timeout)
+        checks: list[tuple[str, Callable[[GuestDevice], str]]] = [*declared_checks(self.smoke), *BOUNDS]
+        for name, check in checks:
             if self.results["port-80"].ok:
-                self._record(probe.check_name, partial(http_probe, self.request, self.secret_values, probe))
-            else:  # nothing answers on :80: each probe would only wait out its timeout
-                self.results[probe.check_name] = CheckResult(probe.check_name, False, "not run: port-80 failed", 0.0)
+                self._record(name, partial(check, device))
+            else:  # nothing answers on :80: each check would only wait out its timeout
+                self.results[name] = CheckResult(name, False, "not run: port-80 failed", 0.0)
 
     def _record(self, name: str, check: Callable[[], str]) -> None:
         started = time.monotonic()
@@ -219,7 +229,6 @@ def judge(
         "target-cpu": partial(check_cpu, evidence),
         "clock-gate": partial(check_clock, evidence, settings),
         "sigterm-stop": partial(check_sigterm, evidence),
-        "tampered-payload-refused": partial(check_tampered, evidence),
     }
     sections = dict((*IN_GUEST, *AFTER_HOST))
     results = []
@@ -482,9 +491,26 @@ def check_sigterm(evidence: Evidence) -> str:
     return f"rc-service stop (OpenRC): SIGTERM through tini, exit status {exit_status}, gone in {seconds:.1f}s"
 
 
-def check_tampered(evidence: Evidence) -> str:
-    said = evidence.text("tampered")
-    refused = next((line for line in said.splitlines() if "REFUSED: integrity" in line), "")
-    if not refused or "rc=0" in said or evidence.first("tampered-running") != "stopped":
-        raise CheckFailed(f"a payload image with a flipped byte: {said.splitlines()[-2:] or 'no report'}")
-    return f"the card with one flipped byte in the image: {refused.split('REFUSED: ', 1)[-1]}"
+def check_tampered(evidence: Evidence, name: str) -> str:
+    """The second boot, from the card with one flipped byte in the payload image: OpenRC started the
+    service, the integrity gate refused it on the console, and nothing runs."""
+    refusals = [line for line in evidence.console if "REFUSED: integrity" in line and not line.startswith("BKF ")]
+    status, running = evidence.first("tampered-service"), evidence.first("tampered-running")
+    problems = [
+        message
+        for broken, message in (
+            (not refusals, "no refusal of the integrity gate on the console"),
+            ("started" in status or not status, f"rc-service {name} status: {status or 'no answer'}"),
+            (running != "stopped", f"the payload is {running or 'in an unknown state'}"),
+        )
+        if broken
+    ]
+    if problems:
+        said = evidence.facts.get("tampered", [])[-2:] or [evidence.marker("stage1") or "no report"]
+        raise CheckFailed(
+            "the card with one flipped byte in the payload image: " + "; ".join(problems) + f" ({' | '.join(said)})"
+        )
+    return (
+        f"booted again from the card with one flipped byte in the payload image: "
+        f"{refusals[-1].split('REFUSED: ', 1)[-1].strip()}; rc-service {name}: {status}, nothing runs"
+    )

@@ -1,7 +1,9 @@
-"""The initramfs of `buildkit smoke --system`: two gzipped newc cpio archives, concatenated (the
-kernel unpacks both into its rootfs). The first holds the Debian armel userland and the kernel's
-modules under /userland and is cached, keyed by the .debs it is made of; the second holds /init,
-the agent and this run's settings. Both are reproducible: sorted, owned by root, mtime 0.
+"""The initramfs of `buildkit smoke --system`: two newc cpio archives, concatenated (the kernel
+unpacks both into its rootfs). The first holds the Debian armel userland and the kernel's modules
+under /userland and is cached, keyed by the .debs it is made of; the second holds /init, the agent,
+this run's settings and stubs for the Alpine services no Debian package provides. Both are
+reproducible: sorted, owned by root, mtime 0. They are not compressed: the emulated ARM1176 would
+spend longer inflating them than the kernel spends copying them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildkit.errors import UserError
-from buildkit.fsutil import gzip_deterministic, write_bytes_atomic
+from buildkit.fsutil import write_bytes_atomic
 from buildkit.smoke.results import last_line
 from buildkit.smoke.system.debian import Kernel, Userland
 from buildkit.toolchain import require_tool
@@ -34,6 +36,9 @@ SKIPPED_PREFIXES = (
     "usr/lib/arm-linux-gnueabi/gconv/",
     "usr/share/i18n/",
 )
+# Debian's sysvinit wrappers of OpenRC: Alpine's inittab, used here, runs openrc itself, and OpenRC
+# would read each of them when it builds its dependency tree on every boot.
+SKIPPED_FILES = ("etc/init.d/rc", "etc/init.d/rcS")
 ONLY_FROM = {"util-linux": ("usr/bin/setpriv",)}
 # What the initramfs loads before it looks for the card (nlplug-findfs and hwdrivers load these
 # from modaliases on Alpine): the card's file system, the loop device and squashfs the payload
@@ -57,6 +62,9 @@ MODULE_DIRS = ("kernel/net/netfilter", "kernel/net/ipv4/netfilter", "kernel/net/
 GUEST_DIR = Path(__file__).parent / "guest"
 PATH_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin")
 SERVICE_BRIDGES = ("networking", "nftables", "modules", "sysctl", "syslog", "hostname")
+STUB = '#!/sbin/openrc-run\ndescription="{name} (Alpine service, not emulated)"\nstart() {{ return 0; }}\n'
+# Directories busybox init and OpenRC expect in the root (Alpine's baselayout has them).
+ROOT_DIRS = (("run", 0o755), ("tmp", 0o1777), ("var", 0o755), ("var/log", 0o755), ("var/run", 0o755))
 
 
 @dataclass(frozen=True)
@@ -87,10 +95,26 @@ def _pad(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
+def read_cpio(data: bytes) -> list[Entry]:
+    """The members of a newc archive written by `cpio_newc`."""
+    entries: list[Entry] = []
+    at = 0
+    while True:
+        fields = [int(data[at + 6 + 8 * i : at + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, name_size = fields[1], fields[6], fields[11]
+        name_end = at + 110 + name_size
+        name = data[at + 110 : name_end - 1].decode()
+        body = name_end + (-name_end % 4)
+        if name == "TRAILER!!!":
+            return entries
+        entries.append(Entry(name, mode, data[body : body + size]))
+        at = body + size + (-(body + size) % 4)
+
+
 def tree_entries(root: Path, prefix: str, only: tuple[str, ...] = ()) -> Iterator[Entry]:
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if rel == ".complete" or rel.startswith(SKIPPED_PREFIXES):
+        if rel in (".complete", *SKIPPED_FILES) or rel.startswith(SKIPPED_PREFIXES):
             continue
         if only and not any(rel == keep or keep.startswith(rel + "/") for keep in only):
             continue
@@ -111,6 +135,7 @@ def userland_entries(userland: Userland) -> list[Entry]:
         for entry in tree_entries(tree, USERLAND, ONLY_FROM.get(package, ())):
             by_path.setdefault(entry.path, entry)
     by_path.update({entry.path: entry for entry in module_entries(userland.kernel)})
+    by_path.update({f"{USERLAND}/{d}": Entry(f"{USERLAND}/{d}", stat.S_IFDIR | mode) for d, mode in ROOT_DIRS})
     for entry in applet_links(userland, by_path):
         by_path.setdefault(entry.path, entry)
     # Debian's busybox awk uses glibc's regcomp, which refuses the unescaped "{" of the boot
@@ -223,12 +248,12 @@ def with_parent_dirs(entries: list[Entry]) -> list[Entry]:
 
 def base_archive(userland: Userland, cache: Path) -> Path:
     """The userland archive, from the cache when these .debs made it before."""
-    key = hashlib.sha256("\n".join((*userland.debs, *STAGE1_MODULES, "4")).encode()).hexdigest()
-    path = cache / f"userland-{key[:16]}.cpio.gz"
+    key = hashlib.sha256("\n".join((*userland.debs, *STAGE1_MODULES, "6")).encode()).hexdigest()
+    path = cache / f"userland-{key[:16]}.cpio"
     if not path.is_file():
-        for stale in cache.glob("userland-*.cpio.gz"):
+        for stale in cache.glob("userland-*.cpio*"):
             stale.unlink()
-        write_bytes_atomic(path, gzip_deterministic(cpio_newc(userland_entries(userland)), level=1))
+        write_bytes_atomic(path, cpio_newc(userland_entries(userland)))
     return path
 
 
@@ -236,29 +261,64 @@ def guest_file(name: str) -> bytes:
     return (GUEST_DIR / name).read_bytes()
 
 
-def run_archive(settings: dict[str, str], probe: bytes, extra: dict[str, bytes]) -> bytes:
-    """/init, the agent, the service bridges and this run's settings (shell assignments)."""
-    conf = "".join(f"{key}={shlex.quote(value)}\n" for key, value in sorted(settings.items()))
-    libexec = f"{USERLAND}/usr/libexec/bk-smoke"
+def run_archive(settings: dict[str, str], probe: bytes, extra: dict[str, bytes], overlay: Path, base: Path) -> bytes:
+    """/init, the agent, the service bridges, stubs for the Alpine services enabled in the root
+    the userland archive (`base`) and the overlay make and no package here provides, and this
+    run's settings (shell assignments)."""
+    userland = {entry.path: entry for entry in in_root(read_cpio(base.read_bytes()))}
+    on_top = {entry.path: entry for entry in tree_entries(overlay, "")}
+    stubs = alpine_stubs({**userland, **on_top}, {f"etc/init.d/{name}" for name in SERVICE_BRIDGES})
+    added = [*userland_files(probe, extra), *stubs.values()]
+    conf = "".join(
+        f"{key}={shlex.quote(value)}\n" for key, value in sorted({**settings, "BK_STUBBED": " ".join(stubs)}.items())
+    )
+    added.append(Entry(f"{USERLAND}/etc/bk-smoke/smoke.conf", stat.S_IFREG | 0o644, conf.encode()))
     entries = [
         Entry("init", stat.S_IFREG | 0o755, guest_file("init")),
         Entry("lib", stat.S_IFLNK | 0o777, f"{USERLAND}/lib".encode()),
+        *added,
+    ]
+    return cpio_newc(with_parent_dirs(entries))
+
+
+def userland_files(probe: bytes, extra: dict[str, bytes]) -> list[Entry]:
+    libexec = f"{USERLAND}/usr/libexec/bk-smoke"
+    return [
         Entry(f"{libexec}/stage2", stat.S_IFREG | 0o755, guest_file("stage2")),
-        Entry(f"{libexec}/bridge-services", stat.S_IFREG | 0o755, guest_file("bridge-services")),
         Entry(f"{libexec}/agent", stat.S_IFREG | 0o755, guest_file("agent")),
         Entry(f"{libexec}/probe", stat.S_IFREG | 0o755, probe),
         Entry(f"{USERLAND}/etc/inittab", stat.S_IFREG | 0o644, guest_file("inittab")),
         # Debian's OpenRC reads LSB headers with insserv's configuration, which nothing here needs.
         Entry(f"{USERLAND}/etc/insserv.conf", stat.S_IFREG | 0o644),
         Entry(f"{USERLAND}/etc/insserv.conf.d", stat.S_IFDIR | 0o755),
-        Entry(f"{USERLAND}/etc/bk-smoke/smoke.conf", stat.S_IFREG | 0o644, conf.encode()),
         *(
             Entry(f"{USERLAND}/etc/init.d/{name}", stat.S_IFREG | 0o755, guest_file(f"init.d/{name}"))
             for name in SERVICE_BRIDGES
         ),
         *(Entry(f"{USERLAND}/{path}", stat.S_IFREG | 0o644, data) for path, data in extra.items()),
     ]
-    return gzip_deterministic(cpio_newc(with_parent_dirs(entries)), level=1)
+
+
+def in_root(entries: list[Entry]) -> list[Entry]:
+    """The entries under /userland, at their place in the booted root."""
+    prefix = f"{USERLAND}/"
+    return [Entry(e.path.removeprefix(prefix), e.mode, e.data) for e in entries if e.path.startswith(prefix)]
+
+
+def alpine_stubs(root: dict[str, Entry], bridges: set[str]) -> dict[str, Entry]:
+    """RUNLEVEL/NAME → a stub script, for each service enabled in the root (a link in
+    /etc/runlevels, which the integrity gate checks for the overlay's) that neither the overlay
+    nor a package here provides: Alpine's own services (devfs, mdev, hwdrivers, modloop...), whose
+    work the initramfs has done or which have nothing to do in the emulator. A stub starts and
+    says what it stands for."""
+    stubs = {}
+    for path, entry in sorted(root.items()):
+        runlevel, _, name = path.removeprefix("etc/runlevels/").partition("/")
+        script = f"etc/init.d/{name}"
+        if path.startswith("etc/runlevels/") and stat.S_ISLNK(entry.mode) and script not in {*root, *bridges}:
+            data = STUB.format(name=name).encode()
+            stubs[f"{runlevel}/{name}"] = Entry(f"{USERLAND}/{script}", stat.S_IFREG | 0o755, data)
+    return stubs
 
 
 def probe_program(syscall: int) -> bytes:
