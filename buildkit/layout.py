@@ -20,7 +20,7 @@ IMAGE_SUFFIX = ".squashfs"
 SBOM_SUFFIX = ".cdx.json"  # the payload's CycloneDX SBOM, listed in the manifest (so signed)
 # Per-device card files (`buildkit package --device HOST`): a tree relative to the card's root.
 DEVICES_DIR = "devices"
-IDENTITY_KEY = "identity.key"  # the device's Ed25519 identity, minisign secret key, unencrypted
+IDENTITY_KEY = "identity.key"  # the device's Ed25519 identity, in minisign's key-file format, unencrypted
 IDENTITY_PUB = "identity.pub"
 CARD_SECRETS_DIR = "secrets"  # on the card: secrets/<recipe name>/, beside what the recipe's [secrets.*] name
 
@@ -49,5 +49,5 @@ def device_card_dir(hostname: str) -> Path:
 
 
 def card_identity_key(recipe_name: str) -> PurePosixPath:
-    """Where a device's identity secret key is, relative to its card's root (identity.pub beside it)."""
+    """Where a device's identity key file is, relative to its card's root (identity.pub beside it)."""
     return PurePosixPath(CARD_SECRETS_DIR, recipe_name, IDENTITY_KEY)

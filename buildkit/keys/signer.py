@@ -1,6 +1,6 @@
 """The signer interface: what minisign's signatures need from a key, wherever it is held.
 
-A key is named by a path (a minisign secret key file: `SecretKey` is its signer) or by a `pkcs11:`
+A key is named by a path (a minisign key file: `SecretKey` is its signer) or by a `pkcs11:`
 URI (a key in a token: `buildkit.keys.token.Pkcs11Signer`, through python-pkcs11, which is
 imported only then). The signatures, the manifest and the rest of the pipeline never know which.
 """
