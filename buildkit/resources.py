@@ -6,10 +6,9 @@ Installed from a wheel they are the package data `buildkit/verify` and `buildkit
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
-PACKAGE_DIR = Path(str(importlib.resources.files("buildkit")))
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def data_dir(name: str) -> Path:

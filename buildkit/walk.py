@@ -265,14 +265,16 @@ def open_artifact(
         _remove_tree(workdir)
 
 
+HEAD_BYTES = 512  # what `archive_kind` looks at: the tar magic is at 257
+
+
 @contextlib.contextmanager
 def open_nested(
-    path: Path, display: str, budget: ExtractBudget | None = None, platforms: Sequence[str] = ()
+    path: Path, kind: str | None, display: str, budget: ExtractBudget | None = None, platforms: Sequence[str] = ()
 ) -> Iterator[ArtifactTree | None]:
-    """A file inside a tree or archive that is itself an archive (by its content alone: a name
-    proves nothing), as a tree of its own; a compressed stream that is not a tar is looked into
-    too, so that an ELF hidden in `x.gz` is gated. None when it holds nothing to gate."""
-    kind = _content_kind(path)
+    """A file inside a tree or archive that is itself an archive (`kind`, from `archive_kind` of its
+    first bytes: a name proves nothing), as a tree of its own; a compressed stream that is not a tar
+    is looked into too, so that an ELF hidden in `x.gz` is gated. None when it holds nothing to gate."""
     head = _decompressed_head(path, kind) if kind in _DECOMPRESSORS and kind != "tar" else b""
     single = bool(head) and head[257:262] != b"ustar"
     # a compressed changelog or man page (a Debian tree has hundreds) costs no temporary directory
@@ -290,16 +292,20 @@ def open_nested(
         _remove_tree(workdir)
 
 
+def archive_kind(head: bytes) -> str | None:
+    """The archive format the first HEAD_BYTES of a file say it is, or None."""
+    return next((kind for offset, magic, kind in _MAGIC if head[offset : offset + len(magic)] == magic), None)
+
+
 def _content_kind(path: Path) -> str | None:
     with open(path, "rb") as fh:
-        head = fh.read(512)
-    return next((kind for offset, magic, kind in _MAGIC if head[offset : offset + len(magic)] == magic), None)
+        return archive_kind(fh.read(HEAD_BYTES))
 
 
 def _decompressed_head(path: Path, kind: str) -> bytes:
     try:
         with open(path, "rb") as raw, _DECOMPRESSORS[kind](raw) as stream:
-            return stream.read(512)
+            return stream.read(HEAD_BYTES)
     except _CORRUPT_ARCHIVE_ERRORS as exc:
         raise UserError(f"{path}: a {_FORMAT_NAMES[kind]} that cannot be read: {_reason(exc)}") from None
 
@@ -316,6 +322,8 @@ def _decompressed_elf(path: Path, kind: str, workdir: Path, display: str, budget
 
 def printable(name: str) -> str:
     """A member name safe to print: undecodable bytes and control characters as escapes."""
+    if name.isascii() and name.isprintable():  # nearly every name: nothing to escape
+        return name
     text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
@@ -376,14 +384,13 @@ def size_from_env(name: str, default: int) -> int:
 def _archive_kind(path: Path) -> str | None:
     try:
         with open(path, "rb") as fh:
-            head = fh.read(512)
+            head = fh.read(HEAD_BYTES)
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc.strerror}): check its permissions") from None
     if head.startswith(ELF_MAGIC):
         return None
-    for offset, magic, kind in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return kind
+    if kind := archive_kind(head):
+        return kind
     name = path.name.lower()
     return next((kind for suffix, kind in _SUFFIXES if name.endswith(suffix)), None)
 
@@ -436,7 +443,7 @@ def _scan_directory(root: Path) -> Iterator[_Member]:
     while pending:
         rel_dir = pending.pop()
         try:
-            with os.scandir(root / rel_dir) as listing:
+            with os.scandir(os.path.join(root, rel_dir)) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
             if not rel_dir:
@@ -461,11 +468,12 @@ def _directory_tree(root: Path, shown: str) -> ArtifactTree:
     files: list[str] = []
     problems: list[Finding] = []
     for member in _scan_directory(root):
-        where = f"{shown}/{printable(member.name)}"
-        if member.kind == "file" and not os.access(root / member.name, os.R_OK):
-            problems.append(_problem(where, "walk.unreadable", "cannot be read: permission denied"))
-        elif member.kind == "file":
+        if member.kind == "file" and os.access(os.path.join(root, member.name), os.R_OK):
             files.append(member.name)
+            continue
+        where = f"{shown}/{printable(member.name)}"
+        if member.kind == "file":
+            problems.append(_problem(where, "walk.unreadable", "cannot be read: permission denied"))
         elif member.kind == "symlink" and _link_escapes(member.name, member.target):
             problems.append(_link_outside(where, member))
         elif problem := _kind_problem(where, member):

@@ -98,19 +98,46 @@ def check_closure(
     """Findings (object path, issue) for every process of the tree and for every loadable library.
     In a `partial` tree (one Debian package, a wheel's libraries: no loader of its own) what it does
     not hold comes from the system it is installed on: `closure.external`, for information."""
-    resolve = functools.cache(resolve)  # every object looks for libc in the same directories
+    resolve = functools.cache(resolve)
+    find = _library_finder(resolve, objects, rules)
     report = _ClosureReport(partial)
     for facts in objects.values():
         if facts.interpreter is not None:
-            _check_process(resolve, facts, objects, rules, report)
+            _check_process(resolve, find, facts, objects, rules, report)
     for facts in objects.values():
         if facts.interpreter is None and facts.needed:
-            _walk_libraries(resolve, facts, facts.float_abi, objects, rules, report)
+            _walk_libraries(find, facts, facts.float_abi, rules, report)
     return report.issues()
 
 
+LibraryFinder = Callable[[str, tuple[str, ...]], "LinkFacts | None"]  # (DT_NEEDED name, run paths) -> the library
+
+
+def _library_finder(resolve: Resolver, objects: dict[str, LinkFacts], rules: ClosureRules) -> LibraryFinder:
+    """The loader's search, asked once per name and run paths: every object looks for libc alike."""
+
+    @functools.cache
+    def find(name: str, search_paths: tuple[str, ...]) -> LinkFacts | None:
+        if "/" in name:
+            candidates: Iterator[str] = iter((name,))
+        else:
+            candidates = (posixpath.join(d, name) for d in (*search_paths, *rules.lib_dirs))
+        for candidate in candidates:
+            rel = resolve(candidate)
+            if rel is not None and rel in objects:
+                return objects[rel]
+        return None
+
+    return find
+
+
 def _check_process(
-    resolve: Resolver, exe: LinkFacts, objects: dict[str, LinkFacts], rules: ClosureRules, report: _ClosureReport
+    resolve: Resolver,
+    find: LibraryFinder,
+    exe: LinkFacts,
+    objects: dict[str, LinkFacts],
+    rules: ClosureRules,
+    report: _ClosureReport,
 ) -> None:
     interpreter = rules.interpreter(exe.interpreter or "")
     if interpreter is None:
@@ -136,23 +163,19 @@ def _check_process(
             f"{exe.float_abi}-float executable with the {process_abi}-float interpreter {exe.interpreter}",
             {"object_float_abi": exe.float_abi, "process_float_abi": process_abi},
         )
-    _walk_libraries(resolve, exe, process_abi, objects, rules, report)
+    _walk_libraries(find, exe, process_abi, rules, report)
 
 
 def _walk_libraries(
-    resolve: Resolver,
-    start: LinkFacts,
-    process_abi: str | None,
-    objects: dict[str, LinkFacts],
-    rules: ClosureRules,
-    report: _ClosureReport,
+    find: LibraryFinder, start: LinkFacts, process_abi: str | None, rules: ClosureRules, report: _ClosureReport
 ) -> None:
     seen = {start.rel}
     queue = [start]
     while queue:
         user = queue.pop(0)
+        search_paths = user.search_paths
         for name in user.needed:
-            library = _find_library(resolve, name, user, rules, objects)
+            library = find(name, search_paths)
             if library is None:
                 report.add(
                     user.rel,
@@ -177,17 +200,6 @@ def _walk_libraries(
 def _search_dirs(user: LinkFacts, rules: ClosureRules) -> Iterator[str]:
     yield from user.search_paths
     yield from rules.lib_dirs
-
-
-def _find_library(
-    resolve: Resolver, name: str, user: LinkFacts, rules: ClosureRules, objects: dict[str, LinkFacts]
-) -> LinkFacts | None:
-    candidates = [name] if "/" in name else [posixpath.join(d, name) for d in _search_dirs(user, rules)]
-    for candidate in candidates:
-        rel = resolve(candidate)
-        if rel is not None and rel in objects:
-            return objects[rel]
-    return None
 
 
 class _ClosureReport:

@@ -47,13 +47,15 @@ from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache, cached_property, partial
-from itertools import compress, pairwise
+from itertools import accumulate, chain, compress, groupby, pairwise
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import capstone
 from capstone import arm_const
 
 from buildkit.archgate.coderules import GROUP_RULES, CodeHit, CodeRules, DispatchedHits, DispatchRule
+from buildkit.archgate.elfcheck import PT_LOAD, SHT_NOBITS, ElfFile, Section, open_elf
 
 MAX_HITS_PER_OBJECT = 200
 DISPATCH_EXAMPLES = 5
@@ -168,8 +170,6 @@ ARM_LITERAL_LOAD = 0x0F3F0000, 0x051F0000  # LDR/LDRB Rt, [PC, #+-imm12]
 ARM_VLDR_LITERAL = 0x0F3F0E00, 0x0D1F0A00  # VLDR Sd/Dd, [PC, #+-imm8*4]
 ARM_LDRD_LITERAL = 0x0F7F00F0, 0x014F00D0  # LDRD Rt, Rt2, [PC, #+-imm8]
 ARM_ADR = ((0x0FFF0000, 0x028F0000), (0x0FFF0000, 0x024F0000))  # ADD/SUB Rd, PC, #const
-ARM_LITERAL_LOADS = _stepper(b"....", _any_of((ARM_LITERAL_LOAD, ARM_VLDR_LITERAL, ARM_LDRD_LITERAL), 4))
-ARM_ADDRESS_OF = _stepper(b"....", _any_of(ARM_ADR, 4))
 LITERAL_REACH = 4104  # bytes: a PC-relative load reads at most 4095 from its address + 8, either way
 # GCC's ARM switch dispatch `cmp rI, #N; ldrls pc, [pc, rI, lsl #2]`: after the default-case
 # branch come N+1 words of case addresses (data).
@@ -177,7 +177,8 @@ ARM_TABLE_LOAD = 0x0FFFFFF0, 0x079FF100  # LDR<c> PC, [PC, Rm, LSL #2]
 ARM_CMP_IMMEDIATE = 0x0FF0F000, 0x03500000  # CMP Rn, #const
 ARM_CMP_REGISTER = 0x0FF0FFF0, 0x01500000  # CMP Rn, Rm
 CONDITION_LS = 0x9
-ARM_TABLE_DISPATCH = _stepper(b"....", _le_pattern(*ARM_TABLE_LOAD, 4))
+ARM_TABLE_DISPATCH = ARM_TABLE_LOAD[0] | 0xF0000000, ARM_TABLE_LOAD[1] | CONDITION_LS << 28  # ldrls pc, ...
+ARM_BRANCH = 0x0E000000, 0x0A000000  # B/BL<cond> (cond != 0xF) or BLX <imm> (0xFA/0xFB): bits 27-25 are 0b101
 THUMB_LITERAL_LOAD = 0xF800, 0x4800  # LDR Rt, [PC, #imm8*4]
 THUMB_PC_RELATIVE = _stepper(b"..", _le_pattern(*THUMB_LITERAL_LOAD, 2), skip=THUMB_32BIT)
 
@@ -271,38 +272,50 @@ UNDECODED = ""  # a verdict: Capstone could not decode the word (data, or an und
 MAX_REMEMBERED_ENCODINGS = 1 << 19  # about 60 MB of verdicts; real trees have tens of thousands
 
 
+class _Known(NamedTuple):
+    arm: dict[int, str | None]  # by ARM word
+    thumb: dict[bytes, str | None]  # by the halfword, or the Thumb-2 pair
+
+
 @cache
-def _decisions(rules: CodeRules) -> dict[tuple[str, bytes], str | None]:
+def _decisions(rules: CodeRules) -> _Known:
     """classify() per distinct encoding under `rules`, for every object this process scans: the
     libraries of one tree share most of their candidate words."""
-    return {}
+    return _Known({}, {})
 
 
 @dataclass
 class _Verdicts:
     """classify() per distinct encoding (the decision does not depend on the address), and how
-    many candidate words did not decode."""
+    many candidate words did not decode. Verdicts are looked up for a range's candidates at once
+    (at C speed: most words of a tree are known after its first objects)."""
 
     rules: CodeRules
-    known: dict[tuple[str, bytes], str | None] = field(init=False)
+    known: _Known = field(init=False)
     undecoded: int = 0
 
     def __post_init__(self) -> None:
         self.known = _decisions(self.rules)
-        if len(self.known) > MAX_REMEMBERED_ENCODINGS:
-            self.known.clear()
+        if len(self.known.arm) + len(self.known.thumb) > MAX_REMEMBERED_ENCODINGS:
+            self.known.arm.clear()
+            self.known.thumb.clear()
 
-    def rule_for(self, state: str, code: bytes) -> str | None:
-        key = (state, code)
-        verdict = self.known[key] if key in self.known else self._decide(state, code)
-        if verdict == UNDECODED:
-            self.undecoded += 1
-            return None
-        return verdict
+    def of_arm(self, words: list[int]) -> list[str | None]:
+        """The rule each ARM word breaks: None, or UNDECODED (counted), when it breaks none."""
+        known = self.known.arm
+        for word in set(words).difference(known):
+            known[word] = self._judge(ARM, word.to_bytes(4, "little"))
+        return self._counted(list(map(known.__getitem__, words)))
 
-    def _decide(self, state: str, code: bytes) -> str | None:
-        self.known[(state, code)] = verdict = self._judge(state, code)
-        return verdict
+    def of_thumb(self, codes: list[bytes]) -> list[str | None]:
+        known = self.known.thumb
+        for code in set(codes).difference(known):
+            known[code] = self._judge(THUMB, code)
+        return self._counted(list(map(known.__getitem__, codes)))
+
+    def _counted(self, verdicts: list[str | None]) -> list[str | None]:
+        self.undecoded += verdicts.count(UNDECODED)
+        return verdicts
 
     def _judge(self, state: str, code: bytes) -> str | None:
         if state == THUMB and not self.rules.thumb2 and not _is_thumb1(code):
@@ -314,6 +327,8 @@ class _Verdicts:
 # --- where the code is -----------------------------------------------------------------------------
 
 SHF_EXECINSTR = 0x4
+SHF_COMPRESSED = 0x800
+SHT_SYMTAB, SHT_DYNSYM, SHT_ARM_EXIDX = 2, 11, 0x70000001
 PF_X = 0x1
 STT_NOTYPE, STT_FUNC = 0, 2
 STB_LOCAL = 0
@@ -330,6 +345,10 @@ class _Region:
     data: bytes
     section_index: int | None
     first_offset: int = 0
+
+    @cached_property
+    def words(self) -> _ArmWords:
+        return _ArmWords(self.data, -self.address % 4)
 
 
 class _Function(NamedTuple):
@@ -351,107 +370,129 @@ class _SectionSymbols:
         return [f.start for f in self.functions]
 
 
-def _executable_regions(elf: Any) -> list[_Region]:
+def _executable_regions(elf: ElfFile) -> list[_Region]:
     sections = sorted(
         (
-            (section["sh_addr"], index, section)
-            for index, section in enumerate(elf.iter_sections())
-            if section["sh_flags"] & SHF_EXECINSTR
-            and section["sh_type"] != "SHT_NOBITS"
-            and section.name not in SKIPPED_SECTIONS
+            section
+            for section in elf.sections
+            if section.flags & SHF_EXECINSTR and section.type != SHT_NOBITS and section.name not in SKIPPED_SECTIONS
         ),
-        key=lambda entry: entry[:2],
+        key=lambda section: (section.addr, section.number),
     )
-    if sections or elf.num_sections():
-        return list(_without_overlaps(sections))
-    headers_end = elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"]
+    if sections or elf.sections:
+        return list(_without_overlaps(elf, sections))
     return [
         _Region(
             f"segment {index}",
-            segment["p_vaddr"],
-            segment.data(),
+            segment.vaddr,
+            elf.read(segment.offset, segment.filesz),
             None,
-            first_offset=headers_end if segment["p_offset"] == 0 else 0,
+            first_offset=elf.program_headers_end if segment.offset == 0 else 0,
         )
-        for index, segment in enumerate(elf.iter_segments())
-        if segment["p_type"] == "PT_LOAD" and segment["p_flags"] & PF_X
+        for index, segment in enumerate(elf.segments)
+        if segment.type == PT_LOAD and segment.flags & PF_X
     ]
 
 
-def _without_overlaps(sections: list[tuple[int, int, Any]]) -> Iterator[_Region]:
+def _without_overlaps(elf: ElfFile, sections: list[Section]) -> Iterator[_Region]:
     """Sections in address order, each cut to the part no earlier one covered: code that two
     section headers claim is read and scanned once (a hostile object has 150,000 such headers)."""
     covered = -1
-    for address, index, section in sections:
-        end = address + section["sh_size"]
+    for section in sections:
+        end = section.addr + section.size
         if end <= covered:
             continue
-        skip = max(0, covered - address)
-        section.stream.seek(section["sh_offset"] + skip)
-        data = section.stream.read(section["sh_size"] - skip)
-        yield _Region(section.name, address + skip, data, index)
+        skip = max(0, covered - section.addr)
+        data = elf.read(section.offset + skip, section.size - skip)
+        yield _Region(section.name, section.addr + skip, data, section.number)
         covered = end
 
 
-def _read_symbols(elf: Any) -> dict[int, _SectionSymbols]:
+def _section_data(elf: ElfFile, reader: Any, section: Section) -> bytes:
+    """A section's bytes as pyelftools gives them: it reads the kinds it transforms (NOBITS,
+    compressed), struct's table does the rest."""
+    if section.type == SHT_NOBITS or section.flags & SHF_COMPRESSED:
+        return bytes(reader.get_section(section.number).data())
+    return elf.read(section.offset, section.size)
+
+
+SYMBOL_SIZE = 16  # Elf32_Sym
+SYMBOL_INFO = 12  # st_info's offset in it
+SYMBOL_SECTION = itemgetter(5)  # st_shndx of an unpacked symbol
+FUNCTION_INFO = bytes(int(info & 0xF == STT_FUNC) for info in range(256))
+LOCAL_NOTYPE_INFO = bytes(int(info == (STB_LOCAL << 4 | STT_NOTYPE)) for info in range(256))
+
+
+def _read_symbols(elf: ElfFile, reader: Any) -> dict[int, _SectionSymbols]:
     """Function and mapping symbols from .symtab and .dynsym, per section index, read raw (struct
-    is ~50 times faster than pyelftools' Symbol objects on a library's thousands of symbols)."""
+    is ~50 times faster than pyelftools' Symbol objects on a library's thousands of symbols); st_info
+    is tested a column at a time, so only those symbols are unpacked."""
     by_section: dict[int, _SectionSymbols] = {}
     entry = struct.Struct(("<" if elf.little_endian else ">") + "IIIBBH")
-    for table in elf.iter_sections():
-        if table["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM") or table["sh_link"] >= elf.num_sections():
+    for table in elf.sections:
+        if table.type not in (SHT_SYMTAB, SHT_DYNSYM) or table.link >= len(elf.sections):
             continue
-        strtab = elf.get_section(table["sh_link"]).data()
-        data = table.data()
-        for name, value, size, info, _other, shndx in entry.iter_unpack(data[: len(data) - len(data) % entry.size]):
-            kind = info & 0xF
-            if kind == STT_FUNC:
-                by_section.setdefault(shndx, _SectionSymbols()).functions.append(
-                    _Function(value & ~1, size, strtab, name, THUMB if value & 1 else ARM)
-                )
-            elif kind == STT_NOTYPE and info >> 4 == STB_LOCAL and _is_mapping_symbol(strtab, name):
-                by_section.setdefault(shndx, _SectionSymbols()).mapping.append(
-                    (value, MAPPING_STATES[strtab[name : name + 2]])
-                )
-    _add_unwound_functions(elf, by_section)
+        strtab = _section_data(elf, reader, elf.sections[table.link])
+        data = _section_data(elf, reader, table)
+        data = data[: len(data) - len(data) % SYMBOL_SIZE]
+        info = data[SYMBOL_INFO::SYMBOL_SIZE]
+        functions = compress(entry.iter_unpack(data), info.translate(FUNCTION_INFO))
+        for shndx, group in groupby(sorted(functions, key=SYMBOL_SECTION), SYMBOL_SECTION):
+            _symbols_of(by_section, shndx).functions.extend(
+                [_Function(v & ~1, size, strtab, name, THUMB if v & 1 else ARM) for name, v, size, *_ in group]
+            )
+        for name, value, _size, _info, _other, shndx in compress(
+            entry.iter_unpack(data), info.translate(LOCAL_NOTYPE_INFO)
+        ):
+            if _is_mapping_symbol(strtab, name):
+                _symbols_of(by_section, shndx).mapping.append((value, MAPPING_STATES[strtab[name : name + 2]]))
+    _add_unwound_functions(elf, reader, by_section)
     for symbols in by_section.values():
-        symbols.functions.sort(key=lambda f: (f.start, -f.size))
-        symbols.mapping.sort(key=lambda m: m[0])
+        symbols.functions.sort(key=itemgetter(1), reverse=True)  # then by start: (start, -size), stably
+        symbols.functions.sort(key=itemgetter(0))
+        symbols.mapping.sort(key=itemgetter(0))
     return by_section
+
+
+def _symbols_of(by_section: dict[int, _SectionSymbols], index: int) -> _SectionSymbols:
+    symbols = by_section.get(index)
+    if symbols is None:
+        symbols = by_section[index] = _SectionSymbols()
+    return symbols
 
 
 NO_NAME = b"\0"
 
 
-def _add_unwound_functions(elf: Any, by_section: dict[int, _SectionSymbols]) -> None:
+def _add_unwound_functions(elf: ElfFile, reader: Any, by_section: dict[int, _SectionSymbols]) -> None:
     """A stripped object's unwind index still says where functions start (each .ARM.exidx entry
     opens with a PREL31 offset to one; GNU ld merges neighbours with the same unwind data), and so
     does the entry point (its Thumb bit gives its state). Functions no symbol names are added,
     nameless; their state is read from their bytes (_resolve_states) when the scan has them."""
     executable = [
-        (section["sh_addr"], section["sh_addr"] + section["sh_size"], index)
-        for index, section in enumerate(elf.iter_sections())
-        if section["sh_flags"] & SHF_EXECINSTR
+        (section.addr, section.addr + section.size, section.number)
+        for section in elf.sections
+        if section.flags & SHF_EXECINSTR
     ]
     known = {index: {f.start for f in symbols.functions} for index, symbols in by_section.items()}
-    for target in (elf["e_entry"], *_unwind_index_targets(elf)):
+    for target in (elf.entry, *_unwind_index_targets(elf, reader)):
         start = target & ~1
         index = next((i for low, high, i in executable if low <= start < high), None)
         if index is None or start in known.setdefault(index, set()):
             continue
         known[index].add(start)
-        by_section.setdefault(index, _SectionSymbols()).functions.append(
-            _Function(start, 0, NO_NAME, 0, THUMB if target & 1 and target == elf["e_entry"] else UNKNOWN)
+        _symbols_of(by_section, index).functions.append(
+            _Function(start, 0, NO_NAME, 0, THUMB if target & 1 and target == elf.entry else UNKNOWN)
         )
 
 
-def _unwind_index_targets(elf: Any) -> Iterator[int]:
-    for table in elf.iter_sections():
-        if table["sh_type"] != "SHT_ARM_EXIDX":
+def _unwind_index_targets(elf: ElfFile, reader: Any) -> Iterator[int]:
+    for table in elf.sections:
+        if table.type != SHT_ARM_EXIDX:
             continue
-        data = table.data()
+        data = _section_data(elf, reader, table)
         for number, (offset, _) in enumerate(struct.iter_unpack("<II", data[: len(data) - len(data) % 8])):
-            yield (table["sh_addr"] + 8 * number + (offset & 0x7FFFFFFF) - (offset & 0x40000000) * 2) & 0xFFFFFFFF
+            yield (table.addr + 8 * number + (offset & 0x7FFFFFFF) - (offset & 0x40000000) * 2) & 0xFFFFFFFF
 
 
 def _is_mapping_symbol(strtab: bytes, offset: int) -> bool:
@@ -612,20 +653,24 @@ def _code_ranges(region: _Region, ranges: list[tuple[int, int, str]]) -> Iterato
             yield *_aligned(start, end, state, region.address), state
 
 
-def _candidates(region: _Region, ranges: list[tuple[int, int, str]]) -> list[_Candidate]:
-    """The instructions worth decoding, in address order."""
-    found = []
-    arm: list[int] | None = None  # the ARM candidates of the whole region, found in one pass
+def _flagged(region: _Region, ranges: list[tuple[int, int, str]], verdicts: _Verdicts) -> list[tuple[_Candidate, str]]:
+    """The candidate instructions that break a rule, in address order, with the rule: only those
+    become objects."""
+    found: list[tuple[_Candidate, str]] = []
     for start, end, state in _code_ranges(region, ranges):
         if state == ARM:
-            if arm is None:
-                arm = list(_arm_candidate_offsets(region.data, -region.address % 4, len(region.data)))
-            for offset in arm[bisect.bisect_left(arm, start) : bisect.bisect_left(arm, end - 3)]:
-                found.append(_Candidate(region.address + offset, ARM, region.data[offset : offset + 4]))
-            continue
-        for match in THUMB_SCAN.finditer(region.data, start, end):
-            if match.group(1) is not None:
-                found.append(_Candidate(region.address + match.start(1), state, match.group(1)))
+            offsets, words = region.words.select(region.words.candidates, start, end)
+            rules = verdicts.of_arm(words)
+            codes: list[bytes] = [w.to_bytes(4, "little") for w in compress(words, rules)]
+        else:
+            matches = [m for m in THUMB_SCAN.finditer(region.data, start, end) if m.group(1) is not None]
+            offsets, thumb = [m.start(1) for m in matches], [m.group(1) for m in matches]
+            rules = verdicts.of_thumb(thumb)
+            codes = list(compress(thumb, rules))
+        found.extend(
+            (_Candidate(region.address + offset, state, code), rule)
+            for offset, code, rule in zip(compress(offsets, rules), codes, filter(None, rules), strict=True)
+        )
     return found
 
 
@@ -675,19 +720,65 @@ class _ByteTests:
 
 
 ARM_FILTER = _ByteTests(ARM_CANDIDATES, ARM_V6_SAFE, ARM_CANDIDATES[:1])
+# What the data heuristics look for, once a region has hits: PC-relative loads, ADR, the jump-table
+# dispatch, branches.
+ARM_DATA_FILTER = _ByteTests(
+    (ARM_LITERAL_LOAD, ARM_VLDR_LITERAL, ARM_LDRD_LITERAL), ARM_ADR, (ARM_TABLE_DISPATCH,), (ARM_BRANCH,)
+)
 
 
-def _arm_candidate_offsets(data: bytes, start: int, end: int) -> Iterator[int]:
-    """Offsets of the whole words in [start, end) that match ARM_CANDIDATES but not ARM_V6_SAFE
+def _arm_candidate_mask(words: bytes) -> bytes:
+    """One byte per whole word of `words`: 1 where it matches ARM_CANDIDATES but not ARM_V6_SAFE
     (unless unconditional), a column of bytes at a time (a regular expression stepping word by word
     is five times slower): the bytes go through translation tables at C speed and the columns are
     combined as big integers, one byte per word."""
-    count = (end - start) // 4
-    if count <= 0:
-        return iter(())
-    candidate, safe, unconditional = ARM_FILTER.matches(data[start : start + 4 * count])
-    selected = (candidate & ~(safe & ~unconditional)).to_bytes(count, "little")
-    return compress(range(start, start + 4 * count, 4), selected)
+    candidate, safe, unconditional = ARM_FILTER.matches(words)
+    return (candidate & ~(safe & ~unconditional)).to_bytes(len(words) // 4, "little")
+
+
+class _DataMasks(NamedTuple):
+    literal_loads: bytes
+    address_of: bytes
+    table_dispatch: bytes
+    branches: bytes
+
+
+class _ArmWords:
+    """A region's whole words on the ARM instruction grid (offsets `phase` + 4k) and the filters'
+    masks over them, one byte per word: each computed once per region, whatever its ranges."""
+
+    def __init__(self, data: bytes, phase: int) -> None:
+        self.phase = phase
+        self.raw = data[phase : phase + (len(data) - phase) // 4 * 4] if len(data) > phase else b""
+
+    @cached_property
+    def values(self) -> array[int]:
+        words = array("I", self.raw)
+        if sys.byteorder == "big":
+            words.byteswap()
+        return words
+
+    @cached_property
+    def candidates(self) -> bytes:
+        return _arm_candidate_mask(self.raw)
+
+    @cached_property
+    def data(self) -> _DataMasks:
+        return _DataMasks(*(m.to_bytes(len(self.raw) // 4, "little") for m in ARM_DATA_FILTER.matches(self.raw)))
+
+    def select(self, mask: bytes, start: int, end: int) -> tuple[list[int], list[int]]:
+        """Offsets and values of the whole words in [start, end) (`start` on the grid) that `mask` selects."""
+        first = (start - self.phase) // 4
+        indexes = _ones(mask[first : max(first, (end - self.phase) // 4)], first)
+        return [self.phase + 4 * index for index in indexes], list(map(self.values.__getitem__, indexes))
+
+
+def _ones(mask: bytes, first: int) -> list[int]:
+    """`first` + the index of each 1 byte of a 0/1 mask, at C speed per 1 rather than per byte
+    (compress() over a range makes an integer for every byte): 1s split the mask, and each piece's
+    length is the gap to the next one."""
+    gaps = map((1).__add__, map(len, mask.split(b"\x01")[:-1]))
+    return list(accumulate(gaps, initial=first - 1))[1:]
 
 
 def _pc_relative_data(
@@ -698,15 +789,16 @@ def _pc_relative_data(
     `flagged` address (sorted) are read: no other can reach one."""
     data: set[int] = set()
     tables: list[tuple[int, int]] = []
+    words = region.words
     for start, end, state in _code_ranges(region, ranges):
         if state != ARM:
             for offset, word in _matches_in(THUMB_PC_RELATIVE, region.data, start, end):
                 data.update(_thumb_literal_halfwords(region.address + offset, word))
             continue
         for low, high in _windows_near(flagged, region.address, start, end):
-            for offset, word in _matches_in(ARM_LITERAL_LOADS, region.data, low, high):
-                data.update(_arm_loaded_words(region.address + offset, word))
-        for offset, word in _matches_in(ARM_ADDRESS_OF, region.data, start, end):
+            offsets, loads = words.select(words.data.literal_loads, low, high)
+            data.update(chain.from_iterable(map(_arm_loaded_words, [region.address + o for o in offsets], loads)))
+        for offset, word in zip(*words.select(words.data.address_of, start, end), strict=True):
             data.update(_arm_literal_words(region.address + offset, word))
             tables.extend(t for t in _tables_before(region, offset, word, starts) if _holds_any(flagged, *t))
     for low, high in _cut_at_branch_targets(tables, _branch_targets_within(region, ranges, tables)):
@@ -768,10 +860,6 @@ def _tables_before(region: _Region, offset: int, word: int, starts: list[int]) -
         yield target, min(address, target + MAX_TABLE_BYTES, _next_start(starts, target, address))
 
 
-# The top byte of an ARM B/BL<cond> (cond != 0xF) or BLX <imm> (0xFA/0xFB): bits 27-25 are 0b101.
-BRANCH_TOP_BYTES = bytes(int(b & 0x0E == 0x0A) for b in range(256))
-
-
 def _branch_targets_within(
     region: _Region, ranges: list[tuple[int, int, str]], tables: list[tuple[int, int]]
 ) -> list[int]:
@@ -783,24 +871,17 @@ def _branch_targets_within(
         return []
     low, high = min(start for start, _ in tables), max(end for _, end in tables)
     targets: set[int] = set()
+    words, base = region.words, region.address + 8
     for start, end, state in _code_ranges(region, ranges):
         if state != ARM:
             continue
-        selected = region.data[start + 3 : end : 4].translate(BRANCH_TOP_BYTES)
-        words = _little_endian_words(region.data[start : end - (end - start) % 4])
-        for offset, word in zip(compress(range(start, end - 3, 4), selected), compress(words, selected), strict=True):
-            displacement = (word & 0xFFFFFF ^ 0x800000) - 0x800000
-            target = (region.address + offset + 8 + 4 * displacement) & 0xFFFFFFFC
-            if low <= target < high:
-                targets.add(target)
+        offsets, branches = words.select(words.data.branches, start, end)
+        targets.update(
+            target
+            for offset, word in zip(offsets, branches, strict=True)
+            if low <= (target := (base + offset + 4 * ((word & 0xFFFFFF ^ 0x800000) - 0x800000)) & 0xFFFFFFFC) < high
+        )
     return sorted(targets)
-
-
-def _little_endian_words(data: bytes) -> array[int]:
-    words = array("I", data)
-    if sys.byteorder == "big":
-        words.byteswap()
-    return words
 
 
 def _cut_at_branch_targets(tables: list[tuple[int, int]], targets: list[int]) -> Iterator[tuple[int, int]]:
@@ -848,15 +929,11 @@ def _jump_table_words(region: _Region, ranges: list[tuple[int, int, str]]) -> se
     """Addresses of the case-address words after each `ldrls pc, [pc, rI, lsl #2]` whose index
     register a preceding `cmp rI, #N` bounds (a dispatch without that bound marks nothing)."""
     data: set[int] = set()
+    words = region.words
     for start, end, state in _code_ranges(region, ranges):
         if state != ARM:
             continue
-        for match in ARM_TABLE_DISPATCH.finditer(region.data, start, end):
-            if match.group(1) is None:
-                continue
-            offset, word = match.start(1), int.from_bytes(match.group(1), "little")
-            if word >> 28 != CONDITION_LS:
-                continue
+        for offset, word in zip(*words.select(words.data.table_dispatch, start, end), strict=True):
             cases = _bounding_compare(region.data, offset, word & 0xF)
             entries = max(cases + 1 if cases is not None else 0, _case_addresses(region, offset + 8, end))
             table = region.address + offset + 8
@@ -1000,20 +1077,25 @@ def _symbol_name(symbols: _SectionSymbols | None, address: int) -> str | None:
     return _enclosing_function(symbols, address)[0]
 
 
-def scan_elf(elf: Any, rules: CodeRules, soname: str | None = None) -> CodeScanResult:
+def scan_elf(elf: Any, rules: CodeRules, soname: str | None = None, tables: ElfFile | None = None) -> CodeScanResult:
     """Scan every executable section of a 32-bit ARM ELF (an `elftools.elf.elffile.ELFFile`);
-    `soname` (its DT_SONAME) lets the dispatch rules that name a library apply."""
+    `soname` (its DT_SONAME) lets the dispatch rules that name a library apply. The scan reads the
+    header tables by struct (pyelftools' section objects cost more than the scan): `tables`, the
+    same object's open_elf(), when the caller has them."""
     if elf["e_machine"] != "EM_ARM" or elf.elfclass != 32:
         raise ValueError(f"the code scan reads 32-bit ARM code, not {elf['e_machine']} ELFCLASS{elf.elfclass}")
+    if tables is None:
+        elf.stream.seek(0)
+        tables = open_elf(elf.stream, elf.stream_len)
     verdicts = _Verdicts(rules)
     dispatch = _Dispatch(rules.dispatch, soname)
-    symbols = _read_symbols(elf)
+    symbols = _read_symbols(tables, elf)
     hits: list[CodeHit] = []
     total = scanned = 0
     used_mapping = False
     limit, limit_evidence = None, {}
     started = time.monotonic()
-    for region in _executable_regions(elf):
+    for region in _executable_regions(tables):
         section_symbols = symbols.get(region.section_index) if region.section_index is not None else None
         marks = section_symbols.mapping if section_symbols else []
         if section_symbols and not marks:
@@ -1024,7 +1106,7 @@ def scan_elf(elf: Any, rules: CodeRules, soname: str | None = None) -> CodeScanR
         if scanned > rules.max_scan_bytes:
             limit, limit_evidence = "bytes", {"code_bytes": scanned, "limit": rules.max_scan_bytes}
             break
-        flagged = [(c, rule) for c in _candidates(region, ranges) if (rule := verdicts.rule_for(c.state, c.code))]
+        flagged = _flagged(region, ranges, verdicts)
         if flagged and not marks:
             starts = section_symbols.function_starts if section_symbols else []
             addresses = sorted(c.address for c, _ in flagged)

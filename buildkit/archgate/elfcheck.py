@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal, TypeAlias
-
-from elftools.elf.enums import ENUM_ATTR_TAG_ARM, ENUM_E_MACHINE, ENUM_E_TYPE
+from functools import cache
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple, TypeAlias
 
 from buildkit.archgate.model import Severity
-from buildkit.archgate.profile import AttributeRule, HeaderRules
+
+if TYPE_CHECKING:  # profile.py reads ARM_ATTRIBUTE_TAGS from here
+    from buildkit.archgate.profile import AttributeRule, HeaderRules
 
 EF_ARM_EABIMASK = 0xFF000000
 EF_ARM_BE8 = 0x00800000
@@ -32,17 +33,52 @@ SHN_XINDEX = 0xFFFF
 ELF_CLASSES = {1: 32, 2: 64}
 ELF_DATA = {1: True, 2: False}  # little-endian?
 ByteOrder: TypeAlias = Literal["little", "big"]
-MACHINE_NAMES = {number: name for name, number in ENUM_E_MACHINE.items() if name.startswith("EM_")}
-TYPE_NAMES = {number: name for name, number in ENUM_E_TYPE.items() if name.startswith("ET_")}
 PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
 ATTRIBUTES_FORMAT_VERSION = ord("A")
 SCOPES = {1: "file", 2: "section", 3: "symbol"}
-TAG_NAMES = {number: name for name, number in ENUM_ATTR_TAG_ARM.items()}
 NTBS_TAGS = {4, 5, 67}  # Tag_CPU_raw_name, Tag_CPU_name, Tag_conformance
 TAG_COMPATIBILITY = 32  # uleb128 flag, then NTBS vendor
 TAG_ALSO_COMPATIBLE_WITH = 65  # NTBS wrapping a tag and its value
 LAST_TAG_THAT_MUST_BE_KNOWN = 32
 FIRST_TAG_SAFE_TO_IGNORE = 64
+
+
+# The ARM ABI addenda's attribute tags as pyelftools names them (its ENUM_ATTR_TAG_ARM, which a
+# test compares with this): written out so that loading a profile, which checks its tag names,
+# does not import pyelftools.
+ARM_ATTRIBUTE_TAGS = {
+    "TAG_FILE": 1, "TAG_SECTION": 2, "TAG_SYMBOL": 3, "TAG_CPU_RAW_NAME": 4, "TAG_CPU_NAME": 5,
+    "TAG_CPU_ARCH": 6, "TAG_CPU_ARCH_PROFILE": 7, "TAG_ARM_ISA_USE": 8, "TAG_THUMB_ISA_USE": 9,
+    "TAG_FP_ARCH": 10, "TAG_WMMX_ARCH": 11, "TAG_ADVANCED_SIMD_ARCH": 12, "TAG_PCS_CONFIG": 13,
+    "TAG_ABI_PCS_R9_USE": 14, "TAG_ABI_PCS_RW_DATA": 15, "TAG_ABI_PCS_RO_DATA": 16, "TAG_ABI_PCS_GOT_USE": 17,
+    "TAG_ABI_PCS_WCHAR_T": 18, "TAG_ABI_FP_ROUNDING": 19, "TAG_ABI_FP_DENORMAL": 20, "TAG_ABI_FP_EXCEPTIONS": 21,
+    "TAG_ABI_FP_USER_EXCEPTIONS": 22, "TAG_ABI_FP_NUMBER_MODEL": 23, "TAG_ABI_ALIGN_NEEDED": 24,
+    "TAG_ABI_ALIGN_PRESERVED": 25, "TAG_ABI_ENUM_SIZE": 26, "TAG_ABI_HARDFP_USE": 27, "TAG_ABI_VFP_ARGS": 28,
+    "TAG_ABI_WMMX_ARGS": 29, "TAG_ABI_OPTIMIZATION_GOALS": 30, "TAG_ABI_FP_OPTIMIZATION_GOALS": 31,
+    "TAG_COMPATIBILITY": 32, "TAG_CPU_UNALIGNED_ACCESS": 34, "TAG_FP_HP_EXTENSION": 36,
+    "TAG_ABI_FP_16BIT_FORMAT": 38, "TAG_MPEXTENSION_USE": 42, "TAG_DIV_USE": 44, "TAG_DSP_EXTENSION": 46,
+    "TAG_MVE_ARCH": 48, "TAG_PAC_EXTENSION": 50, "TAG_BTI_EXTENSION": 52, "TAG_NODEFAULTS": 64,
+    "TAG_ALSO_COMPATIBLE_WITH": 65, "TAG_T2EE_USE": 66, "TAG_CONFORMANCE": 67, "TAG_VIRTUALIZATION_USE": 68,
+    "TAG_MPEXTENSION_USE_OLD": 70, "TAG_FRAMEPOINTER_USE": 72, "TAG_BTI_USE": 74, "TAG_PACRET_USE": 76,
+}  # fmt: skip
+TAG_NAMES = {number: name for name, number in ARM_ATTRIBUTE_TAGS.items()}
+
+
+class _Names(NamedTuple):
+    machines: dict[int, str]  # 40 -> "EM_ARM"
+    types: dict[int, str]  # 2 -> "ET_EXEC"
+
+
+@cache
+def _names() -> _Names:
+    """pyelftools' names, loaded with the first object read: a run whose verdicts all come from the
+    cache never imports pyelftools (its construct tables are a good part of the start-up)."""
+    from elftools.elf.enums import ENUM_E_MACHINE, ENUM_E_TYPE
+
+    return _Names(
+        {number: name for name, number in ENUM_E_MACHINE.items() if name.startswith("EM_")},
+        {number: name for name, number in ENUM_E_TYPE.items() if name.startswith("ET_")},
+    )
 
 
 @dataclass(frozen=True)
@@ -82,18 +118,18 @@ class TooManySections(ElfParseError):
         self.count, self.limit = count, limit
 
 
-@dataclass(frozen=True)
-class Section:
-    index: int
+class Section(NamedTuple):  # a tuple: hundreds are built per object
+    number: int  # its index in the section header table
     name: str
     type: int
     addr: int
     offset: int
     size: int
+    flags: int
+    link: int
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     type: int
     flags: int
     offset: int
@@ -113,6 +149,8 @@ class ElfFile:
     flags: int
     sections: tuple[Section, ...]
     segments: tuple[Segment, ...]
+    entry: int = 0
+    program_headers_end: int = 0  # e_phoff + e_phnum * e_phentsize
 
     def read(self, offset: int, size: int) -> bytes:
         self.stream.seek(offset)
@@ -157,15 +195,16 @@ def open_elf(stream: BinaryIO, file_size: int, max_sections: int | None = None) 
         raise TruncatedObject(
             f"truncated: the ELF header needs {EI_NIDENT + struct.calcsize(fmt)} bytes, the file has {file_size}"
         )
-    (e_type, e_machine, _, _, phoff, shoff, flags, _, phentsize, phnum, shentsize, shnum, shstrndx) = struct.unpack(
+    (e_type, e_machine, _, entry, phoff, shoff, flags, _, phentsize, phnum, shentsize, shnum, shstrndx) = struct.unpack(
         fmt, raw
     )
+    names = _names()
     elf = ElfFile(
         stream,
         elfclass,
         little,
-        TYPE_NAMES.get(e_type, f"ET_{e_type:#x}"),
-        MACHINE_NAMES.get(e_machine, f"EM_{e_machine}"),
+        names.types.get(e_type, f"ET_{e_type:#x}"),
+        names.machines.get(e_machine, f"EM_{e_machine}"),
         flags,
         (),
         (),
@@ -174,7 +213,9 @@ def open_elf(stream: BinaryIO, file_size: int, max_sections: int | None = None) 
         elf, order + _SECTION_FORMATS[elfclass], shoff, shnum, shentsize, shstrndx, file_size, max_sections
     )
     segments = _read_segments(elf, order + _SEGMENT_FORMATS[elfclass], phoff, phnum, phentsize, file_size)
-    return ElfFile(stream, elfclass, little, elf.type, elf.machine, flags, sections, segments)
+    return ElfFile(
+        stream, elfclass, little, elf.type, elf.machine, flags, sections, segments, entry, phoff + phnum * phentsize
+    )
 
 
 def _table(elf: ElfFile, what: str, offset: int, count: int, entry_size: int, fmt: str, file_size: int) -> list[tuple]:
@@ -211,7 +252,7 @@ def _read_sections(
     names = b""
     if 0 < names_index < len(rows) and rows[names_index][1] != SHT_NOBITS:
         names = elf.read(rows[names_index][4], rows[names_index][5])
-    return tuple(Section(i, c_string(names, r[0]), r[1], r[3], r[4], r[5]) for i, r in enumerate(rows))
+    return tuple(Section(i, c_string(names, r[0]), r[1], r[3], r[4], r[5], r[2], r[6]) for i, r in enumerate(rows))
 
 
 def _read_segments(

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO, NamedTuple
 
 from elftools.construct import Construct, FormatField, MappingAdapter
-from elftools.construct.lib.container import Container
+from elftools.construct.lib.container import Container, ListContainer
 from elftools.construct.macros import Pass
 from elftools.elf.elffile import ELFFile
 from elftools.elf.structs import ELFStructs
@@ -116,7 +116,12 @@ class _StructsOnce(ELFStructs):
         self, e_type: str | None = None, e_machine: str | None = None, e_ident_osabi: str | None = None
     ) -> None:
         key = (self.little_endian, self.elfclass, e_type, e_machine, e_ident_osabi)
-        self._reuse(key, lambda: super(_StructsOnce, self).create_advanced_structs(e_type, e_machine, e_ident_osabi))
+
+        def build() -> None:
+            super(_StructsOnce, self).create_advanced_structs(e_type, e_machine, e_ident_osabi)
+            self.Gnu_Hash = _GnuHashHeader(self.Gnu_Hash, self.little_endian, self.elfclass)  # type: ignore[assignment]
+
+        self._reuse(key, build)
 
     def _reuse(self, key: tuple[Any, ...], build: Any) -> None:
         if key in _BUILT:
@@ -124,6 +129,38 @@ class _StructsOnce(ELFStructs):
             return
         build()
         _BUILT[key] = dict(vars(self))
+
+
+class _GnuHashHeader(Construct):
+    """pyelftools' Gnu_Hash parser (four words, then bloom_size xwords and nbuckets words), unpacked
+    by struct: construct parses the arrays one element at a time, a thousand per library. When the
+    bytes run out, construct parses from the same place and raises its own error."""
+
+    def __init__(self, parser: Construct, little_endian: bool, elfclass: int) -> None:
+        super().__init__(parser.name)
+        self.parser = parser
+        self.order = "<" if little_endian else ">"
+        self.xword = "Q" if elfclass == 64 else "I"
+
+    def _parse(self, stream: BinaryIO, context: Container) -> Container:  # type: ignore[override]
+        start = stream.tell()
+        head = stream.read(16)
+        if len(head) == 16:
+            nbuckets, symoffset, bloom_size, bloom_shift = struct.unpack(self.order + "4I", head)
+            arrays = struct.Struct(f"{self.order}{bloom_size}{self.xword}{nbuckets}I")
+            body = stream.read(arrays.size)
+            if len(body) == arrays.size:
+                values = arrays.unpack(body)
+                return Container(
+                    nbuckets=nbuckets,
+                    symoffset=symoffset,
+                    bloom_size=bloom_size,
+                    bloom_shift=bloom_shift,
+                    bloom=ListContainer(values[:bloom_size]),
+                    buckets=ListContainer(values[bloom_size:]),
+                )
+        stream.seek(start)
+        return self.parser._parse(stream, context)
 
 
 class _FlatLayout(NamedTuple):

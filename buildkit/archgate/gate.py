@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from buildkit.archgate.closure import LinkFacts, check_closure, holds_a_loader, link_facts
 from buildkit.archgate.coderules import CodeHit, DispatchedHits
@@ -38,16 +38,18 @@ from buildkit.archgate.elfcheck import (
     open_elf,
     read_attributes,
 )
-from buildkit.archgate.model import Finding, GateReport, ObjectInfo, Severity
+from buildkit.archgate.model import ClosureMode, Finding, GateReport, ObjectInfo, Severity
 from buildkit.archgate.profile import Profile, Waiver, load_profile, load_waivers
 from buildkit.archgate.verdicts import VerdictCache, open_cache
 from buildkit.errors import UserError
 from buildkit.progress import step
 from buildkit.target import DEFAULT_PROFILE
 from buildkit.walk import (
+    HEAD_BYTES,
     ArtifactTree,
     ExtractBudget,
     ExtractLimitExceeded,
+    archive_kind,
     open_artifact,
     open_nested,
     size_from_env,
@@ -59,10 +61,6 @@ if TYPE_CHECKING:  # pyelftools' reader and the Go reader are loaded only when a
     from buildkit.archgate.gobuildinfo import GoBuildInfo
 
 ELF_MAGIC = b"\x7fELF"
-# strict: every DT_NEEDED must resolve in the tree; auto: only in a tree that holds its own loader
-# (a root file system), elsewhere what is missing is `closure.external`; off: no closure check.
-ClosureMode = Literal["strict", "auto", "off"]
-CLOSURE_MODES: tuple[ClosureMode, ...] = ("strict", "auto", "off")
 # Attribute findings the code cannot overrule: the section itself is damaged or unknown.
 CLAIM_RULES_KEPT = ("attr.parse", "attr.unknown")
 MAX_OBJECT_ENV = "BUILDKIT_MAX_OBJECT"
@@ -197,11 +195,13 @@ def _gate_tree(
     links: dict[str, LinkFacts] = {}
     findings = _Findings(tree, profile, waivers)
     objects = []
+    root = str(tree.root)
     for rel in tree.files:
-        if _starts_like_elf(tree.root / rel):
+        head = _head(os.path.join(root, rel))
+        if head.startswith(ELF_MAGIC):
             objects.append(rel)
-        else:
-            _gate_nested(tree, rel, profile, options, waivers, depth, result)
+        elif kind := archive_kind(head):
+            _gate_nested(tree, rel, kind, profile, options, waivers, depth, result)
     checked_objects = _check_objects(tree, objects, profile, options)
     for rel in objects:
         checked = checked_objects[rel]
@@ -220,6 +220,7 @@ def _gate_tree(
 def _gate_nested(
     tree: ArtifactTree,
     rel: str,
+    kind: str,
     profile: Profile,
     options: _Options,
     waivers: Sequence[Waiver],
@@ -230,7 +231,7 @@ def _gate_nested(
     tree of its own, reported as `outer!inner!path`; an archive that cannot be read fails closed."""
     shown = tree.display_path(rel)
     try:
-        with open_nested(tree.root / rel, shown, options.budget, options.platforms) as inner:
+        with open_nested(tree.root / rel, kind, shown, options.budget, options.platforms) as inner:
             if inner is None:
                 return
             if depth >= MAX_NESTING:
@@ -286,10 +287,14 @@ def _walk_error(path: str, rule: str, message: str, **evidence: object) -> Findi
     )
 
 
-def _starts_like_elf(path: Path) -> bool:
+def _head(path: str) -> bytes:
+    """Enough of a file to tell an ELF object or an archive (walk.archive_kind) from the rest."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read(len(ELF_MAGIC)) == ELF_MAGIC
+        fd = os.open(path, os.O_RDONLY)  # not open(): a buffered file object costs more than the read
+        try:
+            return os.read(fd, HEAD_BYTES)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
 
@@ -327,7 +332,7 @@ def _check_objects(
 def _known_result(tree: ArtifactTree, rel: str, options: _Options) -> _ObjectResult | _Pending:
     """What is decided without parsing: the size cap, the mapping, the cached verdict. The digest
     is taken through a read-only mapping (never into memory whole)."""
-    path = tree.root / rel
+    path = os.path.join(tree.root, rel)
     shown = tree.display_path(rel)
     if (too_big := _over_size_limit(path, shown)) is not None:
         return too_big
@@ -351,7 +356,7 @@ class _Unmappable(Exception):
 
 
 @contextlib.contextmanager
-def _mapped(path: Path) -> Iterator[mmap.mmap]:
+def _mapped(path: str | Path) -> Iterator[mmap.mmap]:
     """The file as a read-only mapping: the kernel pages in what the rules touch."""
     with open(path, "rb") as handle:
         try:
@@ -499,10 +504,10 @@ def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
-def _over_size_limit(path: Path, shown: str) -> _ObjectResult | None:
+def _over_size_limit(path: str, shown: str) -> _ObjectResult | None:
     """An object is read into memory once: one larger than the cap is a violation, never an
     out-of-memory kill (a sparse 8 GB file costs nothing on disk)."""
-    size, limit = path.stat().st_size, size_from_env(MAX_OBJECT_ENV, DEFAULT_MAX_OBJECT)
+    size, limit = os.stat(path).st_size, size_from_env(MAX_OBJECT_ENV, DEFAULT_MAX_OBJECT)
     if size <= limit:
         return None
     return _limit_result(
@@ -591,7 +596,7 @@ def _add_code_hits(
     scan's own bounds stopped it (then the code decides nothing)."""
     from buildkit.archgate.codescan import scan_elf
 
-    scan = scan_elf(reader, profile.code, soname)
+    scan = scan_elf(reader, profile.code, soname, elf)
     if scan.limit is not None:
         figure, limit = scan.limit_evidence[scan.limit], scan.limit_evidence["limit"]
         result.issues.append(

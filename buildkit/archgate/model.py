@@ -7,13 +7,17 @@ schema"): fields are only ever added, and `schema` is bumped on any incompatible
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from buildkit.finding import Finding, Severity
 
 __all__ = ["Finding", "GateReport", "ObjectInfo", "Severity"]
 
 SCHEMA_VERSION = 1
+# strict: every DT_NEEDED must resolve in the tree; auto: only in a tree that holds its own loader
+# (a root file system), elsewhere what is missing is `closure.external`; off: no closure check.
+ClosureMode = Literal["strict", "auto", "off"]
+CLOSURE_MODES: tuple[ClosureMode, ...] = ("strict", "auto", "off")
 
 
 @dataclass(frozen=True)

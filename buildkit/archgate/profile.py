@@ -17,12 +17,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from elftools.elf.enums import ENUM_ATTR_TAG_ARM
-
 from buildkit.archgate.coderules import CodeRules, DispatchFile, DispatchRule
+from buildkit.archgate.elfcheck import ARM_ATTRIBUTE_TAGS
 from buildkit.errors import UserError
 from buildkit.resources import PROFILES_DIR, VERIFY_DIR, WAIVERS_DIR
 from buildkit.schema import Invalid, Where, from_table, read_toml
@@ -107,7 +107,7 @@ class Profile:
 
     def validate(self) -> None:
         for name in self.attribute_rules:
-            if not name.startswith("Tag_") or name.upper() not in ENUM_ATTR_TAG_ARM:
+            if not name.startswith("Tag_") or name.upper() not in ARM_ATTRIBUTE_TAGS:
                 raise Invalid(
                     f"attributes.{name}",
                     "not an ARM build attribute tag name (expected a name like Tag_CPU_arch from the ARM ABI addenda)",
@@ -125,7 +125,7 @@ class Profile:
     def goarm(self) -> frozenset[int]:
         return self.go.goarm
 
-    @property
+    @cached_property  # read once per object examined
     def attributes(self) -> tuple[AttributeRule, ...]:
         return tuple(replace(rule, name=name) for name, rule in self.attribute_rules.items())
 

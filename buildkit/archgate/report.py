@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-from xml.etree import ElementTree
 
 from buildkit import __version__
 from buildkit.archgate.model import Finding, GateReport
@@ -212,6 +211,8 @@ def _sarif_result(f: Finding, rule_index: int, artifact_index: int) -> dict[str,
 
 
 def render_junit(report: GateReport) -> str:
+    from xml.etree import ElementTree  # only for this format: the gate in CI mostly asks for JSON
+
     by_path: dict[str, list[Finding]] = {o.path: [] for o in report.objects}
     for f in report.findings:
         by_path.setdefault(f.path, []).append(f)

@@ -39,7 +39,7 @@ def is_candidate(pattern, code: bytes) -> bool:
 
 
 def is_arm_candidate(code: bytes) -> bool:
-    return list(codescan._arm_candidate_offsets(code, 0, 4)) == [0]
+    return codescan._arm_candidate_mask(code) == b"\x01"
 
 
 def flagged(state: str, code: bytes, rules: CodeRules) -> bool:
@@ -94,16 +94,34 @@ def candidate_word(word: int) -> bool:
     return codescan._matches(word, ARM_CANDIDATES) and (unconditional or not codescan._matches(word, ARM_V6_SAFE))
 
 
-def test_the_column_filter_finds_exactly_the_words_of_the_candidate_families():
-    rng = random.Random(11)
+def words_where(data: bytes, start: int, end: int, wanted) -> tuple[list[int], list[int]]:
+    """The whole words in [start, end) that `wanted` accepts, tested one at a time."""
+    offsets = [o for o in range(start, end - 3, 4) if wanted(int.from_bytes(data[o : o + 4], "little"))]
+    return offsets, [int.from_bytes(data[o : o + 4], "little") for o in offsets]
+
+
+# Each mask of the region's word grid, as the per-word test it stands for.
+DATA_MASKS = {
+    "literal_loads": lambda w: codescan._matches(
+        w, (codescan.ARM_LITERAL_LOAD, codescan.ARM_VLDR_LITERAL, codescan.ARM_LDRD_LITERAL)
+    ),
+    "address_of": lambda w: codescan._matches(w, codescan.ARM_ADR),
+    "table_dispatch": lambda w: codescan._matches(w, (codescan.ARM_TABLE_LOAD,)) and w >> 28 == codescan.CONDITION_LS,
+    "branches": lambda w: w >> 25 & 0x7 == 0b101,
+}
+
+
+@pytest.mark.parametrize("phase", [0, 1, 2, 3])
+def test_the_column_filters_find_exactly_the_words_the_per_word_tests_find(phase):
+    rng = random.Random(11 + phase)
     data = rng.randbytes(4 * 20_000 + 3)
-    for start, end in ((0, len(data)), (8, 4 * 19_000 + 2), (4, 4)):
-        expected = [
-            offset
-            for offset in range(start, end - 3, 4)
-            if candidate_word(int.from_bytes(data[offset : offset + 4], "little"))
-        ]
-        assert list(codescan._arm_candidate_offsets(data, start, end)) == expected
+    for table_load in range(phase, 4 * 20_000, 4 * 997):  # real dispatches, rare in random bytes
+        data = data[:table_load] + (0x979FF100 | rng.getrandbits(4)).to_bytes(4, "little") + data[table_load + 4 :]
+    words = codescan._ArmWords(data, phase)
+    for start, end in ((phase, len(data)), (phase + 8, 4 * 19_000 + 2), (phase + 4, phase + 4), (phase, 2)):
+        assert words.select(words.candidates, start, end) == words_where(data, start, end, candidate_word)
+        for name, wanted in DATA_MASKS.items():
+            assert words.select(getattr(words.data, name), start, end) == words_where(data, start, end, wanted), name
 
 
 def test_no_word_decided_without_capstone_is_flagged(strictest):

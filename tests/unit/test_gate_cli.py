@@ -4,6 +4,8 @@ one-line errors for damaged or missing inputs and bad profiles."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -23,6 +25,16 @@ def test_exit_1_for_a_damaged_elf(run_cli, tmp_path):
         (("verify", "artifact", "does-not-exist"), "does-not-exist: no such file or directory"),
         (("verify", "artifact", "--profile", "pi9", "."), "profile 'pi9': unknown"),
         (("verify", "artifact", "--waiver", "nowhere.toml", "."), "waiver file nowhere.toml: no such file"),
+        (("verify", "artifact", "--format", "xml", "."), "argument --format: invalid choice: 'xml'"),
+        (("verify", "artifact", "--closure", "some", "."), "argument --closure: invalid choice: 'some'"),
+        (("verify", "artifact", "--bogus", "."), "unrecognized arguments: --bogus"),
+        (
+            (
+                "verify",
+                "artifact",
+            ),
+            "the following arguments are required: PATH",
+        ),
     ],
 )
 def test_exit_2_with_one_line_for_bad_input(run_cli, args, message):
@@ -57,3 +69,30 @@ def test_a_waiver_that_matches_nothing_is_reported_as_unused(run_cli, tmp_path):
     assert result.returncode == 0, result.stderr
     unused = [f for f in json.loads(result.stdout)["findings"] if f["rule"] == "waiver.unused"]
     assert [f["evidence"]["waiver"] for f in unused] == ["typo"] and unused[0]["severity"] == "warning"
+
+
+def test_the_gate_command_runs_without_typer(tmp_path):
+    """CI runs the gate most, over cached verdicts: it parses its own options and leaves typer unloaded."""
+    (tmp_path / "notes.txt").write_text("no code here\n")
+    program = (
+        "import sys; from buildkit.cli import main\n"
+        "main()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'click', 'rich')), file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", program, "verify", "artifact", str(tmp_path / "notes.txt"), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["objects"] == [] and proc.stderr.splitlines()[-1] == "[]"
+
+
+def test_help_is_the_gate_parser_s_and_the_app_lists_the_command(run_cli):
+    gate_help = run_cli("verify", "artifact", "--help")
+    assert gate_help.returncode == 0
+    for option in ("--profile", "--format", "--no-scan-code", "--waiver", "--closure", "--no-cache"):
+        assert option in gate_help.stdout
+    listing = run_cli("verify", "--help", env={"COLUMNS": "120"})
+    assert listing.returncode == 0 and "artifact" in listing.stdout and "Gate artifacts" in listing.stdout

@@ -57,7 +57,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("buildkit.attest", "buildkit.attest.*"),
     ("buildkit.smoke", "buildkit.smoke.*"),
     ("buildkit.doctor",),
-    ("buildkit.cli", "buildkit.__main__"),
+    ("buildkit.cli", "buildkit.cli.*", "buildkit.__main__"),
 )
 
 

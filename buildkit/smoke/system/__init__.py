@@ -36,7 +36,7 @@ from buildkit.smoke.results import CheckFailed, CheckResult, SmokeResult
 from buildkit.smoke.system.card import card_copy, card_from_files, copy_from_card, fat_offset, write_on_card
 from buildkit.smoke.system.debian import fetch_userland
 from buildkit.smoke.system.evidence import TAMPERED, Evidence, Host, check_tampered, judge, plan
-from buildkit.smoke.system.initramfs import STAGE1_MODULES, base_archive, probe_program, run_archive
+from buildkit.smoke.system.initramfs import FIREWALL_MODULES, STAGE1_MODULES, base_archive, probe_program, run_archive
 from buildkit.smoke.system.qemu import Board, boot, patched_dtb
 from buildkit.toolchain import require_tool
 
@@ -245,7 +245,7 @@ def guest_settings(card: Card, probe: int, agent: str) -> dict[str, str]:
     return {
         "BK_AGENT": agent,
         "BK_HOST_TIME": str(int(time.time())),
-        "BK_STAGE1_MODULES": " ".join(STAGE1_MODULES),
+        "BK_STAGE1_MODULES": " ".join((*STAGE1_MODULES, *FIREWALL_MODULES)),
         "BK_ROOT_SIZE": ROOT_SIZE,
         "BK_NAME": card.name,
         "BK_UID": str(config.uid),

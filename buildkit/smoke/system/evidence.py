@@ -23,7 +23,7 @@ from buildkit.smoke.system.agentlink import GuestDevice
 from buildkit.smoke.system.qemu import Board
 
 KERNEL_FILESYSTEMS = frozenset({"proc", "sysfs", "devpts", "mqueue", "devtmpfs"})
-POLL_INTERVAL = 0.5
+POLL_INTERVAL = 0.25  # as buildkit smoke's: well under the firewall's per-source rate of new connections
 ANSWER_GRACE = 30.0  # an interpreter (hello-py's python3) takes this long to listen on the emulated ARM1176
 IN_GUEST = (
     ("boot-media", "boot"),

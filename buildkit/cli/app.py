@@ -1,22 +1,19 @@
-"""The `buildkit` command: a thin typer layer over the pipeline stages.
+"""The `buildkit` commands: a thin typer layer over the pipeline stages.
 
-Stage modules are imported inside each command so that `buildkit verify artifact` starts fast and
-does not pay for the docker SDK or cryptography. Errors map to exit codes in one place (`_run`).
+Stage modules are imported inside each command, so that one command does not pay for the docker
+SDK or cryptography another needs. Errors map to exit codes in one place (buildkit.cli.run).
+`verify artifact` is buildkit.cli.gate's, forwarded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import signal
 import sys
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -29,19 +26,11 @@ if TYPE_CHECKING:
     from buildkit.source import SourcePolicy
 
 from buildkit.attest.cli import verifier_app
-from buildkit.errors import (
-    EXIT_CODES,
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
-    EXIT_USAGE,
-    EXIT_VIOLATION,
-    Terminated,
-    UserError,
-    VerificationFailed,
-)
+from buildkit.cli.gate import SUMMARY as GATE_SUMMARY
+from buildkit.cli.gate import verify_artifact as verify_artifact_argv
+from buildkit.cli.run import run_stage
+from buildkit.errors import EXIT_CODES, EXIT_VIOLATION, UserError
 from buildkit.progress import step
-from buildkit.target import DEFAULT_PROFILE
 
 app = typer.Typer(
     name="buildkit",
@@ -57,106 +46,20 @@ verify_app = typer.Typer(
 app.add_typer(verify_app, name="verify")
 app.add_typer(verifier_app, name="verifier")
 
-T = TypeVar("T")
-NOTHING_KEPT = "no partial output was kept"  # an interrupt whose stage left something behind says what instead
-
-
-def _run(action: Callable[[], T]) -> T:
-    """Run a stage; turn every failure into one line on stderr and its exit code (`EXIT_CODES`).
-
-    SystemExit, not typer.Exit, so that `main` can wrap the whole app in it as well."""
-    try:
-        return action()
-    except UserError as exc:
-        typer.echo(f"buildkit: error: {exc}", err=True)
-        raise SystemExit(EXIT_USAGE) from None
-    except VerificationFailed as exc:
-        typer.echo(f"buildkit: {exc}", err=True)
-        raise SystemExit(EXIT_VIOLATION) from None
-    except Terminated as exc:
-        typer.echo(f"buildkit: terminated; {str(exc) or NOTHING_KEPT}", err=True)
-        raise SystemExit(EXIT_TERMINATED) from None
-    except (KeyboardInterrupt, typer.Abort) as exc:
-        typer.echo(f"buildkit: interrupted; {str(exc) or NOTHING_KEPT}", err=True)
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: fail closed, no traceback
-        if os.environ.get("BUILDKIT_DEBUG") == "1":
-            traceback.print_exc()
-        detail = " ".join(str(exc).split())
-        typer.echo(
-            f"buildkit: internal error: {type(exc).__name__}: {detail} (BUILDKIT_DEBUG=1 shows the traceback)", err=True
-        )
-        raise SystemExit(EXIT_INTERNAL) from None
-
 
 class TextOrJson(StrEnum):
     text = "text"
     json = "json"
 
 
-class ReportFormat(StrEnum):
-    text = "text"
-    json = "json"
-    sarif = "sarif"
-    junit = "junit"
-
-
-@verify_app.command("artifact")
-def verify_artifact(
-    paths: Annotated[list[Path], typer.Argument(help="ELF files, directory trees, tar archives, wheels or zips.")],
-    profile: Annotated[
-        str, typer.Option(help="Target profile: a name from verify/profiles or a TOML file.")
-    ] = DEFAULT_PROFILE,
-    fmt: Annotated[ReportFormat, typer.Option("--format", help="Report format.")] = ReportFormat.text,
-    output: Annotated[Path | None, typer.Option(help="Write the report here instead of stdout.")] = None,
-    scan_code: Annotated[
-        bool,
-        typer.Option(
-            "--scan-code/--no-scan-code",
-            help="Disassemble every executable object (the default); --no-scan-code trusts the build attributes, "
-            "for speed only, and the report says so.",
-        ),
-    ] = True,
-    waiver: Annotated[list[Path] | None, typer.Option(help="Extra waiver file (TOML); repeatable.")] = None,
-    closure: Annotated[
-        str,
-        typer.Option(
-            help="Dynamic closure: strict (every library in the tree), auto (strict only for a tree that holds "
-            "its own loader; else missing libraries are closure.external), off."
-        ),
-    ] = "auto",
-    no_cache: Annotated[
-        bool,
-        typer.Option(
-            "--no-cache", help="Check every object afresh: no per-object verdicts from the buildkit cache dir."
-        ),
-    ] = False,
-) -> None:
-    """Gate artifacts against a target profile. Exit 0: compatible; 1: a violation; 2: bad input."""
-    from buildkit.archgate.gate import CLOSURE_MODES, verify_artifacts
-    from buildkit.archgate.report import emit_report
-    from buildkit.context import cache_dir, project_root
-
-    def action() -> None:
-        mode = next((m for m in CLOSURE_MODES if m == closure), None)
-        if mode is None:
-            raise UserError(f"--closure {closure!r}: expected one of {', '.join(CLOSURE_MODES)}")
-        with step(f"verifying {len(paths)} input(s)"):
-            report = verify_artifacts(
-                paths,
-                profile=profile,
-                scan_code=scan_code,
-                waiver_files=waiver or [],
-                closure=mode,
-                cache_dir=None if no_cache else cache_dir(project_root(Path.cwd())),
-            )
-        emit_report(report, fmt.value, output)
-        if not report.ok:
-            raise typer.Exit(EXIT_VIOLATION)
-
-    _run(action)
+@verify_app.command(
+    "artifact",
+    help=GATE_SUMMARY,
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def verify_artifact(ctx: typer.Context) -> None:
+    verify_artifact_argv(ctx.args)
 
 
 PassphraseFileOption = Annotated[
@@ -225,7 +128,7 @@ def keygen(
         typer.echo(f"public key: {public_key} (key id {public.key_id})")
         typer.echo(f"verify with: minisign -Vm <file> -P {public.to_base64()}")
 
-    _run(action)
+    run_stage(action)
 
 
 def _keygen_in_token(uri: str, public_key: Path, comment: str, file_options: bool) -> None:
@@ -274,7 +177,7 @@ def sign_files(
             for index, signer in enumerate(signers):
                 typer.echo(sign.sign_file(file, signer, trusted_comment, primary=index == 0))
 
-    _run(action)
+    run_stage(action)
 
 
 @verify_app.command("signature")
@@ -304,7 +207,7 @@ def verify_signature(
         typer.echo(f"signature verified: key {key.key_id}", err=True)
         typer.echo(comment)
 
-    _run(action)
+    run_stage(action)
 
 
 class SmokeFormat(StrEnum):
@@ -348,9 +251,9 @@ def smoke_command(
                 result = smoke(out_dir, timeout=timeout or 60.0)
         emit_smoke(result, fmt.value, output)
         if not result.ok:
-            raise typer.Exit(EXIT_VIOLATION)
+            raise SystemExit(EXIT_VIOLATION)
 
-    _run(action)
+    run_stage(action)
 
 
 def _smoke_system(target: Path, timeout: float | None, output: Path | None) -> SmokeResult:
@@ -478,7 +381,7 @@ def build_command(
             f"{len(gate.errors)} error(s), {len(gate.waived)} waived; report {out_dir / GATE_REPORT})"
         )
 
-    _run(action)
+    run_stage(action)
 
 
 class InitKind(StrEnum):
@@ -503,7 +406,7 @@ def init_command(
             typer.echo(f"wrote {file}")
         typer.echo(f"next: buildkit package {made.directory}  (then, as root: buildkit smoke {made.directory})")
 
-    _run(action)
+    run_stage(action)
 
 
 @app.command("inspect")
@@ -522,9 +425,9 @@ def inspect_command(
         report = inspect_package(out_dir)
         typer.echo(json.dumps(report, indent=2, sort_keys=True) if fmt is TextOrJson.json else render_text(report))
         if not inspection_ok(report):
-            raise typer.Exit(EXIT_VIOLATION)
+            raise SystemExit(EXIT_VIOLATION)
 
-    _run(action)
+    run_stage(action)
 
 
 @app.command("image")
@@ -599,7 +502,7 @@ def image_command(
         typer.echo(f"cmdline.txt: {result.cmdline}")
         typer.echo(f"boot repository: {', '.join(p.name for p in result.packages)}")
 
-    _run(action)
+    run_stage(action)
 
 
 def _record_card(hostname: str, sha256: dict[str, str], size: dict[str, int], registry_url: str | None) -> None:
@@ -637,9 +540,9 @@ def doctor_command(
         report = diagnose()
         typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_text(report), nl=as_json)
         if not report.ok:
-            raise typer.Exit(EXIT_VIOLATION)
+            raise SystemExit(EXIT_VIOLATION)
 
-    _run(action)
+    run_stage(action)
 
 
 @app.command("package")
@@ -722,7 +625,7 @@ def package_command(
             f"gate {result.build.gate.verdict}; SOURCE_DATE_EPOCH {result.source_date_epoch}"
         )
 
-    _run(action)
+    run_stage(action)
 
 
 @app.command("flash")
@@ -744,7 +647,7 @@ def flash_command(
             f"(write {result.write_seconds:.1f} s, read-back {result.verify_seconds:.1f} s)"
         )
 
-    _run(action)
+    run_stage(action)
 
 
 def _confirmed(question: str) -> bool:
@@ -858,7 +761,7 @@ def device_add(
         typer.echo(f"registry: {url}")
         typer.echo(f"next: buildkit package RECIPE --device {record.hostname}")
 
-    _run(action)
+    run_stage(action)
 
 
 def _echo_plan(plan: device.AddPlan, url: str, fmt: TextOrJson) -> None:
@@ -909,7 +812,7 @@ def device_list(registry: RegistryOption = None, fmt: TextOrJsonOption = TextOrJ
         if not records:
             typer.echo(f"no devices in {url}")
 
-    _run(action)
+    run_stage(action)
 
 
 @device_app.command("show")
@@ -944,7 +847,7 @@ def device_show(
         for c in history:
             typer.echo(f"{c.at} {c.from_state or '-'} -> {c.to_state} by {c.actor}: {c.reason}")
 
-    _run(action)
+    run_stage(action)
 
 
 @device_app.command("revoke")
@@ -965,7 +868,7 @@ def device_revoke(
         typer.echo(f"device {record.hostname}: revoked ({record.state_reason}); its secret material was deleted")
         typer.echo(f"remove its card files wherever they were copied (OUT/devices/{record.hostname}/)")
 
-    _run(action)
+    run_stage(action)
 
 
 @device_app.command("export")
@@ -986,39 +889,4 @@ def device_export(
         write_bytes_atomic(output, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
         typer.echo(f"{output}: {len(data['devices'])} device(s) from {url}")
 
-    _run(action)
-
-
-_signalled: list[int] = []
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    """SIGINT and SIGTERM become exceptions, so that the stages' cleanup (`finally`: staging
-    directories in the cache and the out dir, temporary files) runs for both; a second signal during
-    that cleanup is ignored (SIGKILL still ends the process). A handler, not SIG_IGN: the programs a
-    cleanup starts get the default dispositions."""
-    if _signalled:
-        return
-    _signalled.append(signum)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def main() -> None:
-    """The console script; a bug outside a command's own `_run` (its stage imports) exits 3 as well."""
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    _run(_gate_alone(sys.argv[1:]) or partial(app, prog_name="buildkit"))
-
-
-def _gate_alone(argv: Sequence[str]) -> Callable[[], object] | None:
-    """`buildkit verify artifact ...` as an app of that one command: typer reads the signature of
-    every command before it dispatches, a third of a gate run whose verdicts are all cached."""
-    if list(argv[:2]) != ["verify", "artifact"]:
-        return None
-    gate = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    gate.command()(verify_artifact)
-    return partial(gate, args=list(argv[2:]), prog_name="buildkit verify artifact")
-
-
-if __name__ == "__main__":
-    main()
+    run_stage(action)
