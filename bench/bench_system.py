@@ -52,6 +52,8 @@ def main() -> None:
     answer = timings.get(FIRST_ANSWER)
     passed = len(result.checks) - len(result.failed)
     print(f"bench_system: hello-go --system: {passed}/{len(result.checks)} checks passed")
+    for check in result.failed:
+        print(f"bench_system:   FAILED {check.name}: {check.detail}")
     for what, seconds in breakdown(lines, answer):
         print(f"bench_system:   {seconds:6.2f} s  {what}")
     for what, seconds in result.timings:

@@ -10,7 +10,6 @@ the current directory is.
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,14 +65,26 @@ def project_root(start: Path) -> Path:
 
 
 def cache_dir(root: Path) -> Path:
+    return _cache_from_env() or root / CACHE_DIR_NAME
+
+
+def working_cache_dir() -> Path:
+    """The cache of the project the working directory is in; the project (a git call) is looked
+    for only when the environment names no cache."""
+    return _cache_from_env() or project_root(Path.cwd()) / CACHE_DIR_NAME
+
+
+def _cache_from_env() -> Path | None:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).resolve()
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).resolve() / "buildkit"
-    return root / CACHE_DIR_NAME
+    return None
 
 
 def _git_toplevel(directory: Path) -> Path | None:
+    import subprocess  # not at the top: the gate's start-up pays for every module it loads
+
     try:
         proc = subprocess.run(
             ["git", "-C", str(directory), "rev-parse", "--show-toplevel"],

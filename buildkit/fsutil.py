@@ -13,12 +13,15 @@ import gzip
 import hashlib
 import io
 import os
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildkit.errors import UserError
+
+# tarfile and tempfile are imported where they are used: the gate's start-up imports this module.
+if TYPE_CHECKING:
+    import tarfile
 
 # Without SOURCE_DATE_EPOCH, archive mtimes and the device's clock floor (the boot script never
 # accepts an earlier time) are this fixed date, 2026-01-01T00:00:00Z, not 1970: a floor at 0 would
@@ -40,6 +43,8 @@ def source_date_epoch(default: int = DEFAULT_EPOCH) -> int:
 @contextlib.contextmanager
 def atomic_output(dest: Path, mode: int = 0o644) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success fsync it and rename it over `dest`."""
+    import tempfile
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
@@ -84,10 +89,13 @@ def normalized_tarinfo(info: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
     return info
 
 
-def tar_tree_deterministic(root: Path, epoch: int, fmt: int = tarfile.USTAR_FORMAT) -> bytes:
-    """A tar of everything under `root`, paths relative to it (no `./`), sorted, normalised."""
+def tar_tree_deterministic(root: Path, epoch: int, fmt: int | None = None) -> bytes:
+    """A tar of everything under `root`, paths relative to it (no `./`), sorted, normalised; ustar
+    unless `fmt` names another tarfile format."""
+    import tarfile
+
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT if fmt is None else fmt) as tar:
         for path in sorted_tree(root):
             rel = path.relative_to(root).as_posix()
             info = normalized_tarinfo(tar.gettarinfo(str(path), arcname=rel), epoch)

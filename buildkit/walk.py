@@ -21,33 +21,29 @@ one is a UserError naming the path.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import functools
 import gzip
 import io
 import json
-import lzma
 import os
 import posixpath
 import re
-import shutil
 import stat
-import subprocess
-import tarfile
-import tempfile
-import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol
-
-import zstandard
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from buildkit.errors import UserError
 from buildkit.finding import Finding
-from buildkit.toolchain import require_tool
+
+# The archive formats' modules (and tempfile, shutil, subprocess) are imported where an archive is
+# first met: a tree of plain files, the usual input of a re-run, never loads them.
+if TYPE_CHECKING:
+    import tarfile
+    import zipfile
 
 DEFAULT_MAX_EXTRACT = 4 << 30
 DEFAULT_MAX_MEMBERS = 200_000  # a minimal rootfs or a Pi payload has a few thousand files
@@ -104,21 +100,30 @@ class _DamagedArchive(Exception):
     """Reading a member's data failed: the archive, not the member, is at fault."""
 
 
-# What a damaged archive raises while it is read; each becomes a UserError naming the input.
-_CORRUPT_ARCHIVE_ERRORS = (
-    _DamagedArchive,
-    tarfile.TarError,
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    EOFError,
-    zlib.error,
-    lzma.LZMAError,
-    zstandard.ZstdError,
-    OSError,
-    ValueError,
-    UnicodeError,
-    NotImplementedError,
-)  # zipfile: a zip version or feature it cannot read
+@functools.cache
+def _corrupt_archive_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged archive raises while it is read; each becomes a UserError naming the input."""
+    import lzma
+    import tarfile
+    import zipfile
+
+    import zstandard
+
+    return (
+        _DamagedArchive,
+        tarfile.TarError,
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        zlib.error,
+        lzma.LZMAError,
+        zstandard.ZstdError,
+        OSError,
+        ValueError,
+        UnicodeError,
+        NotImplementedError,  # zipfile: a zip version or feature it cannot read
+    )
+
 
 _HINTS = {
     "walk.absolute_path": "rebuild the archive with paths relative to its root (tar -C DIR -c .)",
@@ -245,7 +250,7 @@ def open_artifact(
         if image_layout(path) is None:
             yield _directory_tree(path.resolve(), shown)
             return
-        workdir = Path(tempfile.mkdtemp(prefix="buildkit-walk-"))
+        workdir = _private_workdir()
         try:
             yield _image_tree(path.resolve(), workdir, shown, budget, platforms)
         finally:
@@ -258,7 +263,7 @@ def open_artifact(
         real = path.resolve()
         yield ArtifactTree(root=real.parent, display=shown, files=(real.name,), is_tree=False, problems=())
         return
-    workdir = Path(tempfile.mkdtemp(prefix="buildkit-walk-"))
+    workdir = _private_workdir()
     try:
         yield _extract(path, kind, workdir, shown, budget, platforms)
     finally:
@@ -282,7 +287,7 @@ def open_nested(
         yield None
         return
     budget = budget or ExtractBudget()
-    workdir = Path(tempfile.mkdtemp(prefix="buildkit-walk-"))
+    workdir = _private_workdir()
     try:
         if single:
             yield _decompressed_elf(path, kind, workdir, display, budget)
@@ -306,7 +311,7 @@ def _decompressed_head(path: Path, kind: str) -> bytes:
     try:
         with open(path, "rb") as raw, _DECOMPRESSORS[kind](raw) as stream:
             return stream.read(HEAD_BYTES)
-    except _CORRUPT_ARCHIVE_ERRORS as exc:
+    except _corrupt_archive_errors() as exc:
         raise UserError(f"{path}: a {_FORMAT_NAMES[kind]} that cannot be read: {_reason(exc)}") from None
 
 
@@ -356,8 +361,17 @@ def resolve_in_tree(path: str, read_link: Callable[[str], str | None]) -> str | 
     return "/".join(resolved)
 
 
+def _private_workdir() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="buildkit-walk-"))
+
+
 def _remove_tree(top: Path) -> None:
     """shutil.rmtree recurses once per level, and unsquashfs can nest deeper than Python's stack."""
+    import shutil
+    import subprocess
+
     try:
         shutil.rmtree(top, ignore_errors=True)
     except RecursionError:
@@ -511,7 +525,7 @@ def _extract(
             _read_deb(path, workdir, extractor)
         else:
             _read_tar(path, kind, extractor)
-    except _CORRUPT_ARCHIVE_ERRORS as exc:
+    except _corrupt_archive_errors() as exc:
         raise UserError(
             f"{path}: not a readable {_FORMAT_NAMES[kind]} ({_reason(exc)}): "
             "check that the file is complete and really of that format"
@@ -779,17 +793,38 @@ class _Readable(Protocol):
 
 # Tar archives, plain or compressed.
 
+
 # The standard library's decompressors are BufferedIOBase streams, zstandard's reader a BinaryIO.
+def _xz(raw: BinaryIO) -> io.BufferedIOBase:
+    import lzma
+
+    return lzma.LZMAFile(raw)
+
+
+def _bzip2(raw: BinaryIO) -> io.BufferedIOBase:
+    import bz2
+
+    return bz2.BZ2File(raw)
+
+
+def _zstd(raw: BinaryIO) -> BinaryIO:
+    import zstandard
+
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+
+
 _DECOMPRESSORS: dict[str, Callable[[BinaryIO], io.BufferedIOBase | BinaryIO]] = {
     "tar": lambda raw: raw,
     "tar.gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
-    "tar.xz": lambda raw: lzma.LZMAFile(raw),
-    "tar.bz2": lambda raw: bz2.BZ2File(raw),
-    "tar.zst": lambda raw: zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
+    "tar.xz": _xz,
+    "tar.bz2": _bzip2,
+    "tar.zst": _zstd,
 }
 
 
 def _read_tar(path: Path, kind: str, extractor: _Extractor) -> None:
+    import tarfile
+
     with open(path, "rb") as raw, _DECOMPRESSORS[kind](raw) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for info in tar:
             member = _tar_member(info)
@@ -800,7 +835,7 @@ def _read_tar(path: Path, kind: str, extractor: _Extractor) -> None:
 def _open_tar_file(tar: tarfile.TarFile, info: tarfile.TarInfo) -> IO[bytes]:
     stream = tar.extractfile(info)
     if stream is None:  # tarfile gives no stream for anything but a file; only files come here
-        raise tarfile.ReadError(f"{info.name} has no data to read")
+        raise _DamagedArchive(f"{info.name} has no data to read")
     return stream
 
 
@@ -827,16 +862,18 @@ def _require_zero_tail(stream: _Readable, extractor: _Extractor) -> None:
     while chunk := stream.read(COPY_CHUNK):
         extractor.charge(len(chunk))
         if chunk.strip(b"\0"):
-            raise tarfile.ReadError("a damaged header hides the rest of the archive")
+            raise _DamagedArchive("a damaged header hides the rest of the archive")
 
 
 # Zip archives and wheels.
 
-_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_ZIP_METHODS = (0, 8, 12, 14)  # zipfile's ZIP_STORED, ZIP_DEFLATED, ZIP_BZIP2 and ZIP_LZMA
 _MAX_LINK_TARGET = 4096
 
 
 def _read_zip(path: Path, extractor: _Extractor) -> None:
+    import zipfile
+
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
         extractor.expect_members(len(infos))
@@ -868,6 +905,8 @@ _LISTED_ENTRY = re.compile(r"^([-dlcbps])[-rwxsStT]{9} +\S+ +(\d+)")
 
 
 def _read_squashfs(path: Path, staging: Path, extractor: _Extractor) -> None:
+    from buildkit.toolchain import require_tool
+
     unsquashfs = str(require_tool("unsquashfs"))
     listing = _run_unsquashfs(path, [unsquashfs, "-lln", str(path)])
     entries = [m for m in map(_LISTED_ENTRY.match, listing.splitlines()) if m]
@@ -884,6 +923,8 @@ def _open_binary(path: Path) -> BinaryIO:
 
 
 def _run_unsquashfs(path: Path, command: list[str]) -> str:
+    import subprocess
+
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, errors="replace", timeout=UNSQUASHFS_TIMEOUT_S, check=False
@@ -949,7 +990,7 @@ def _image_tree(
         extractor.begin_layer()
         try:
             _read_tar(path, kind if kind in _DECOMPRESSORS else "tar", extractor)
-        except _CORRUPT_ARCHIVE_ERRORS as exc:
+        except _corrupt_archive_errors() as exc:
             raise UserError(f"{shown}: layer {layer} is not a readable tar archive ({_reason(exc)})") from None
     return replace(extractor.finish(), platform=platform)
 

@@ -13,9 +13,13 @@ import hashlib
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from buildkit.schema import Invalid
+from buildkit.resources import VERIFY_DIR
+from buildkit.schema import Invalid, Where, from_table, read_toml
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # A rejected group becomes a rule id; most specific first, so a NEON instruction in a Thumb-2
 # encoding is reported as NEON.
@@ -182,7 +186,12 @@ class CodeRules:
     fp16: bool
     max_scan_bytes: int = DEFAULT_MAX_SCAN_BYTES  # of code per object: more is elf.limits
     max_scan_seconds: int = DEFAULT_MAX_SCAN_SECONDS  # per object
-    dispatch: tuple[DispatchRule, ...] = field(default=(), metadata={"internal": True})  # verify/dispatch/
+    own_dispatch: tuple[DispatchRule, ...] | None = field(default=None, metadata={"internal": True})
+
+    @cached_property  # read by the first scan: a run over cached verdicts never parses verify/dispatch/
+    def dispatch(self) -> tuple[DispatchRule, ...]:
+        """The runtime-dispatch rules: verify/dispatch/'s, unless these rules were given their own."""
+        return load_dispatch_rules() if self.own_dispatch is None else self.own_dispatch
 
     def validate(self) -> None:
         known = {group for group, _ in GROUP_RULES}
@@ -195,6 +204,21 @@ class CodeRules:
             raise Invalid("max_d_register", f"{self.max_d_register} is not a register number 0-31 (15 for VFP11/D16)")
         if self.max_scan_bytes <= 0 or self.max_scan_seconds <= 0:
             raise Invalid("max_scan_bytes", "the scan's bounds (max_scan_bytes, max_scan_seconds) must be positive")
+
+
+DISPATCH_DIR = VERIFY_DIR / "dispatch"
+
+
+def load_dispatch_rules(directory: Path = DISPATCH_DIR) -> tuple[DispatchRule, ...]:
+    """Every verify/dispatch/*.toml, in file order; ids are unique across files."""
+    rules: list[DispatchRule] = []
+    for path in sorted(directory.glob("*.toml")):
+        where = Where(path)
+        for i, rule in enumerate(from_table(DispatchFile, read_toml(path), where).dispatch):
+            if any(r.id == rule.id for r in rules):
+                raise where.child("dispatch").child(i).child("id").error(f"{rule.id!r} is already a dispatch rule")
+            rules.append(rule)
+    return tuple(rules)
 
 
 # What the scan finds, as plain records here rather than beside Capstone: the verdict cache

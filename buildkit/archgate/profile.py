@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from buildkit.archgate.coderules import CodeRules, DispatchFile, DispatchRule
+from buildkit.archgate.coderules import CodeRules
 from buildkit.archgate.elfcheck import ARM_ATTRIBUTE_TAGS
 from buildkit.errors import UserError
 from buildkit.resources import PROFILES_DIR, VERIFY_DIR, WAIVERS_DIR
@@ -201,23 +201,7 @@ def load_profile(name_or_file: str, base_dir: Path | None = None) -> Profile:
         source=path,
         lineage=profile_lineage(path),
         target=replace(profile.target, name=profile.name),
-        code=replace(profile.code, dispatch=load_dispatch_rules()),
     )
-
-
-DISPATCH_DIR = VERIFY_DIR / "dispatch"
-
-
-def load_dispatch_rules(directory: Path = DISPATCH_DIR) -> tuple[DispatchRule, ...]:
-    """Every verify/dispatch/*.toml, in file order; ids are unique across files."""
-    rules: list[DispatchRule] = []
-    for path in sorted(directory.glob("*.toml")):
-        where = Where(path)
-        for i, rule in enumerate(from_table(DispatchFile, read_toml(path), where).dispatch):
-            if any(r.id == rule.id for r in rules):
-                raise where.child("dispatch").child(i).child("id").error(f"{rule.id!r} is already a dispatch rule")
-            rules.append(rule)
-    return tuple(rules)
 
 
 def load_waivers(

@@ -17,7 +17,6 @@ from urllib.parse import quote
 from buildkit import __version__
 from buildkit.archgate.model import Finding, GateReport
 from buildkit.errors import UserError
-from buildkit.fsutil import write_bytes_atomic
 
 FORMATS = ("text", "json", "sarif", "junit")
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -68,6 +67,8 @@ def emit_report(report: GateReport, fmt: str, output: Path | None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
+    from buildkit.fsutil import write_bytes_atomic  # tarfile and tempfile: not for a report on stdout
+
     try:
         write_bytes_atomic(output, text.encode("utf-8"))
     except OSError as exc:

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,19 @@ ARCHGATE_DIR = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class VerdictCache:
-    directory: Path
+    directory: str  # a string: a re-run asks once per object, and a Path costs more than the read
     policy: str  # hex digest of everything but the object that a verdict depends on
-    made: set[Path] = field(default_factory=set, compare=False)  # directories this run made or found
+    made: set[str] = field(default_factory=set, compare=False)  # directories this run made or found
 
-    def _entry_path(self, digest: str) -> Path:
+    def _entry_path(self, digest: str) -> tuple[str, str]:
         key = hashlib.sha256(f"{self.policy}:{digest}".encode()).hexdigest()
-        return self.directory / key[:2] / f"{key}.json"
+        parent = f"{self.directory}/{key[:2]}"
+        return parent, f"{parent}/{key}.json"
 
     def get(self, digest: str) -> dict[str, Any] | None:
         try:
-            entry = json.loads(self._entry_path(digest).read_bytes())
+            with open(self._entry_path(digest)[1], "rb") as handle:
+                entry = json.loads(handle.read())
         except (OSError, ValueError):
             return None
         if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT or entry.get("sha256") != digest:
@@ -51,21 +52,24 @@ class VerdictCache:
         return entry
 
     def put(self, digest: str, entry: dict[str, Any]) -> None:
-        path = self._entry_path(digest)
+        parent, path = self._entry_path(digest)
         data = json.dumps({"format": ENTRY_FORMAT, "sha256": digest, **entry}).encode()
         try:
-            if path.parent not in self.made:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.made.add(path.parent)
+            if parent not in self.made:
+                os.makedirs(parent, exist_ok=True)
+                self.made.add(parent)
             _write_renamed(path, data)
         except OSError:  # a read-only or full cache costs speed, not the verdict
             pass
 
 
-def _write_renamed(path: Path, data: bytes) -> None:
+def _write_renamed(path: str, data: bytes) -> None:
     """Written beside `path` and renamed over it, but not fsynced (a third of a cold run's time on
     its own): after a crash an entry may be empty or cut short, and either is invalid JSON, a miss."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    import tempfile  # only a run that learns something new writes
+
+    parent, name = os.path.split(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -77,7 +81,7 @@ def _write_renamed(path: Path, data: bytes) -> None:
 
 
 def open_cache(cache_root: Path, profile: Profile, scan_code: bool) -> VerdictCache:
-    return VerdictCache(cache_root / CACHE_SUBDIR, policy_fingerprint(profile, scan_code))
+    return VerdictCache(str(cache_root / CACHE_SUBDIR), policy_fingerprint(profile, scan_code))
 
 
 def policy_fingerprint(profile: Profile, scan_code: bool) -> str:

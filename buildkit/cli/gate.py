@@ -67,7 +67,7 @@ def verify_artifact(argv: Sequence[str]) -> None:
     def action() -> None:
         from buildkit.archgate.gate import verify_artifacts
         from buildkit.archgate.report import emit_report
-        from buildkit.context import cache_dir, project_root
+        from buildkit.context import working_cache_dir
         from buildkit.progress import step
 
         with step(f"verifying {len(options.paths)} input(s)"):
@@ -77,7 +77,7 @@ def verify_artifact(argv: Sequence[str]) -> None:
                 scan_code=options.scan_code,
                 waiver_files=options.waiver,
                 closure=options.closure,
-                cache_dir=None if options.no_cache else cache_dir(project_root(Path.cwd())),
+                cache_dir=None if options.no_cache else working_cache_dir(),
             )
         emit_report(report, options.fmt, options.output)
         if not report.ok:

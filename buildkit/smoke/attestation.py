@@ -28,7 +28,7 @@ from pathlib import Path
 
 from buildkit import layout, sign
 from buildkit.attest.store import Store, reports
-from buildkit.context import cache_dir, project_root
+from buildkit.context import working_cache_dir
 from buildkit.device import card_files
 from buildkit.host import QEMU_CPU_ENV, register_qemu_arm
 from buildkit.registry import NewDevice, open_registry
@@ -356,7 +356,7 @@ def check_attest_allow(
         scratch / "attest-verifier.log",
     )
     stack.enter_context(service.running())
-    userland = arm_userland(cache_dir(project_root(Path.cwd())) / ARM_CACHE)
+    userland = arm_userland(working_cache_dir() / ARM_CACHE)
     run = AttestRun(config, media, service, userland, {"BK_VERIFIER_PUB": str(key.with_suffix(".pub"))})
     decision = _round(device, run)
     if decision != ("allow", ()):

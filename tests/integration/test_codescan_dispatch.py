@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from buildkit.archgate.profile import load_dispatch_rules
+from buildkit.archgate.coderules import load_dispatch_rules
 from support import require_tools
 from support.codescan import profile_rules, scan_file
 from support.corpus import ARMEL_SYSROOT, debian_deb, pypi_wheel, run_arm, unpacked

@@ -13,9 +13,8 @@ from dataclasses import replace
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from buildkit.archgate.coderules import DispatchRule, Signature
+from buildkit.archgate.coderules import DispatchRule, Signature, load_dispatch_rules
 from buildkit.archgate.codescan import CodeRules, scan_elf
-from buildkit.archgate.profile import load_dispatch_rules
 from buildkit.errors import UserError
 from buildkit.schema import Where, from_table
 from support import REPO
@@ -177,7 +176,7 @@ def body_rule(body: bytes, anchor_words: int = 2) -> CodeRules:
         sha256=hashlib.sha256(body).hexdigest(),
     )
     rule = DispatchRule("body", frozenset({"code.neon"}), "r", "s", "v", signatures=(signature,))
-    return replace(profile_rules(), dispatch=(rule,))
+    return replace(profile_rules(), own_dispatch=(rule,))
 
 
 def test_a_whole_body_signature_covers_every_hit_inside_that_body_only():

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from buildkit.build.stage import BUILD_INFO
-from buildkit.context import cache_dir, project_root
+from buildkit.context import working_cache_dir
 from buildkit.errors import UserError
 from buildkit.fsutil import write_bytes_atomic
 from buildkit.layout import APKOVL_GLOB
@@ -35,7 +35,7 @@ from buildkit.smoke.media import PackageFiles, flip_middle_byte, manifest_name, 
 from buildkit.smoke.results import CheckFailed, CheckResult, SmokeResult
 from buildkit.smoke.system.card import card_copy, card_from_files, copy_from_card, fat_offset, write_on_card
 from buildkit.smoke.system.debian import fetch_userland
-from buildkit.smoke.system.evidence import TAMPERED, Evidence, Host, check_tampered, judge, plan
+from buildkit.smoke.system.evidence import ANSWER_GRACE, TAMPERED, Evidence, Host, check_tampered, judge, plan
 from buildkit.smoke.system.initramfs import FIREWALL_MODULES, STAGE1_MODULES, base_archive, probe_program, run_archive
 from buildkit.smoke.system.qemu import Board, boot, patched_dtb
 from buildkit.toolchain import require_tool
@@ -77,7 +77,7 @@ def smoke_system(target: Path, timeout: float = DEFAULT_TIMEOUT, console_log: Pa
     emulated Pi 1 and check it, then boot it once more with a flipped byte in the payload image;
     the guest's console of both boots is copied to `console_log`."""
     require_system_host()
-    cache = cache_dir(project_root(Path.cwd())) / "smoke-system"
+    cache = working_cache_dir() / "smoke-system"
     with tempfile.TemporaryDirectory(prefix="buildkit-smoke-system-") as tmp:
         scratch = Path(tmp)
         card = prepare_card(target, scratch)
@@ -255,6 +255,7 @@ def guest_settings(card: Card, probe: int, agent: str) -> dict[str, str]:
         "BK_MEDIA": card.settings.get("BK_BOOT_MEDIA", "/media/mmcblk0p1"),
         "BK_IMAGE": config.image,
         "BK_SETTLE": str(SETTLE_SECONDS),
+        "BK_ANSWER_WAIT": str(ANSWER_GRACE),
         "BK_PROBE_SYSCALL": str(probe),
     }
 

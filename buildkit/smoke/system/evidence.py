@@ -24,7 +24,11 @@ from buildkit.smoke.system.qemu import Board
 
 KERNEL_FILESYSTEMS = frozenset({"proc", "sysfs", "devpts", "mqueue", "devtmpfs"})
 POLL_INTERVAL = 0.25  # as buildkit smoke's: well under the firewall's per-source rate of new connections
-ANSWER_GRACE = 30.0  # an interpreter (hello-py's python3) takes this long to listen on the emulated ARM1176
+ANSWER_GRACE = 30  # s: an interpreter (hello-py's python3) takes this long to listen on the emulated ARM1176
+# The agent gives the service ANSWER_GRACE to answer before it reports; once it has, the host waits
+# only for a request already on its way.
+AFTER_REPORT_GRACE = 3.0
+ANSWERED = "answered"  # what the host says on the console when the service first answered
 IN_GUEST = (
     ("boot-media", "boot"),
     ("overlay-unpacked", "boot"),
@@ -147,6 +151,7 @@ class Host:
                     time.sleep(POLL_INTERVAL)
                     continue
                 self.first_answer = time.monotonic() - self.board.started
+                self.board.send(ANSWERED)
                 break
             self._answered.set()
 
@@ -176,13 +181,13 @@ class Host:
         self.results[name] = CheckResult(name, ok, detail, round(time.monotonic() - started, 3))
 
     def _check_port_80(self) -> str:
-        # The agent reports once the service has started and had time to listen: from then on, a
-        # short grace, not the whole boot bound.
-        self._answered.wait(min(ANSWER_GRACE, max(self.timeout - (time.monotonic() - self.board.started), 1.0)))
+        # The agent reports once the service has answered, or has had ANSWER_GRACE to: from then on,
+        # a short grace, not the whole boot bound.
+        self._answered.wait(AFTER_REPORT_GRACE)
         if self.first_answer is None:
             raise CheckFailed(
                 f"nothing answered on the device's port 80 (host 127.0.0.1:{self.board.http_port}, through "
-                f"slirp and the kernel's redirect) {ANSWER_GRACE:.0f}s after the guest reported its services up"
+                f"slirp and the kernel's redirect) within {ANSWER_GRACE}s of the service's start"
             )
         status, body = self.request("/", timeout=5.0)
         return (
@@ -269,10 +274,11 @@ def check_overlay(evidence: Evidence) -> str:
     overlay = evidence.marker("overlay").split()
     if not overlay:
         raise CheckFailed(f"the apkovl was not unpacked: {evidence.marker('stage1') or 'no report'}")
-    stubs = evidence.markers.get("stubbed", [])
+    skipped, stubs = evidence.markers.get("skipped", []), evidence.markers.get("stubbed", [])
     return (
         f"{overlay[0]} entries unpacked over a tmpfs root on top of the Debian armel userland; switch_root "
-        f"to it; stubs for the Alpine services no Debian package provides (nothing to do in the emulator): "
+        f"to it; the Alpine services no Debian package provides (nothing to do in the emulator): skipped by "
+        f"OpenRC, no script: {', '.join(skipped) or 'none'}; stubbed, as another service needs them: "
         f"{', '.join(stubs) or 'none'}"
     )
 

@@ -1,15 +1,16 @@
 """The initramfs of `buildkit smoke --system`: two newc cpio archives, concatenated (the kernel
 unpacks both into its rootfs). The first holds the Debian armel userland and the kernel's modules
 under /userland and is cached, keyed by the .debs it is made of; the second holds /init, the agent,
-this run's settings and stubs for the Alpine services no Debian package provides. Both are
-reproducible: sorted, owned by root, mtime 0. They are not compressed: the emulated ARM1176 would
-spend longer inflating them than the kernel spends copying them.
+this run's settings and stubs for the Alpine services no Debian package provides that another
+service needs. Both are reproducible: sorted, owned by root, mtime 0. They are not compressed: the
+emulated ARM1176 would spend longer inflating them than the kernel spends copying them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 import shlex
 import stat
 import struct
@@ -81,6 +82,7 @@ ON_DEMAND_PREFIX = "nf"
 GUEST_DIR = Path(__file__).parent / "guest"
 PATH_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin")
 SERVICE_BRIDGES = ("networking", "nftables", "modules", "sysctl", "syslog", "hostname")
+NEED_LINE = re.compile(r"^\s*need\s+([^#;\n]+)", re.MULTILINE)
 STUB = '#!/sbin/openrc-run\ndescription="{name} (Alpine service, not emulated)"\nstart() {{ return 0; }}\n'
 # Directories busybox init and OpenRC expect in the root (Alpine's baselayout has them).
 ROOT_DIRS = (("run", 0o755), ("tmp", 0o1777), ("var", 0o755), ("var/log", 0o755), ("var/run", 0o755))
@@ -283,16 +285,20 @@ def guest_file(name: str) -> bytes:
 
 
 def run_archive(settings: dict[str, str], probe: bytes, extra: dict[str, bytes], overlay: Path, base: Path) -> bytes:
-    """/init, the agent, the service bridges, stubs for the Alpine services enabled in the root
-    the userland archive (`base`) and the overlay make and no package here provides, and this
-    run's settings (shell assignments)."""
+    """/init, the agent, the service bridges, a stub for each Alpine service enabled in the root
+    the userland archive (`base`) and the overlay make that no package here provides and another
+    service needs, and this run's settings (shell assignments)."""
     userland = {entry.path: entry for entry in in_root(read_cpio(base.read_bytes()))}
     on_top = {entry.path: entry for entry in tree_entries(overlay, "")}
-    stubs = alpine_stubs({**userland, **on_top}, {f"etc/init.d/{name}" for name in SERVICE_BRIDGES})
+    root = {**userland, **on_top}
+    absent = absent_services(root, {f"etc/init.d/{name}" for name in SERVICE_BRIDGES})
+    scripts = [entry.data for path, entry in root.items() if path.startswith("etc/init.d/")]
+    needed = needed_services([*scripts, *(guest_file(f"init.d/{name}") for name in SERVICE_BRIDGES)])
+    stubs = {service: alpine_stub(service) for service in absent if service.partition("/")[2] in needed}
     added = [*userland_files(probe, extra), *stubs.values()]
-    conf = "".join(
-        f"{key}={shlex.quote(value)}\n" for key, value in sorted({**settings, "BK_STUBBED": " ".join(stubs)}.items())
-    )
+    skipped = " ".join(service for service in absent if service not in stubs)
+    run_settings = {**settings, "BK_STUBBED": " ".join(stubs), "BK_SKIPPED": skipped}
+    conf = "".join(f"{key}={shlex.quote(value)}\n" for key, value in sorted(run_settings.items()))
     added.append(Entry(f"{USERLAND}/etc/bk-smoke/smoke.conf", stat.S_IFREG | 0o644, conf.encode()))
     entries = [
         Entry("init", stat.S_IFREG | 0o755, guest_file("init")),
@@ -326,20 +332,36 @@ def in_root(entries: list[Entry]) -> list[Entry]:
     return [Entry(e.path.removeprefix(prefix), e.mode, e.data) for e in entries if e.path.startswith(prefix)]
 
 
-def alpine_stubs(root: dict[str, Entry], bridges: set[str]) -> dict[str, Entry]:
-    """RUNLEVEL/NAME → a stub script, for each service enabled in the root (a link in
-    /etc/runlevels, which the integrity gate checks for the overlay's) that neither the overlay
-    nor a package here provides: Alpine's own services (devfs, mdev, hwdrivers, modloop...), whose
-    work the initramfs has done or which have nothing to do in the emulator. A stub starts and
-    says what it stands for."""
-    stubs = {}
+def absent_services(root: dict[str, Entry], bridges: set[str]) -> list[str]:
+    """RUNLEVEL/NAME of each service enabled in the root (a link in /etc/runlevels, which the
+    integrity gate checks for the overlay's) that neither the overlay nor a package here provides:
+    Alpine's own services (devfs, mdev, hwdrivers, modloop...), whose work the initramfs has done
+    or which have nothing to do in the emulator. OpenRC skips a runlevel's link to a script that is
+    not there, as it would on Alpine for a package not installed."""
+    absent = []
     for path, entry in sorted(root.items()):
         runlevel, _, name = path.removeprefix("etc/runlevels/").partition("/")
         script = f"etc/init.d/{name}"
         if path.startswith("etc/runlevels/") and stat.S_ISLNK(entry.mode) and script not in {*root, *bridges}:
-            data = STUB.format(name=name).encode()
-            stubs[f"{runlevel}/{name}"] = Entry(f"{USERLAND}/{script}", stat.S_IFREG | 0o755, data)
-    return stubs
+            absent.append(f"{runlevel}/{name}")
+    return absent
+
+
+def needed_services(scripts: list[bytes]) -> set[str]:
+    """The services OpenRC scripts `need` in their depend(): OpenRC refuses to start a service that
+    needs one that is not there, so those of the absent ones get a stub."""
+    needed: set[str] = set()
+    for script in scripts:
+        if script.startswith(b"#!/sbin/openrc-run"):
+            for words in NEED_LINE.findall(script.decode(errors="replace")):
+                needed.update(words.split())
+    return needed
+
+
+def alpine_stub(service: str) -> Entry:
+    """A script that starts and says what it stands for."""
+    name = service.partition("/")[2]
+    return Entry(f"{USERLAND}/etc/init.d/{name}", stat.S_IFREG | 0o755, STUB.format(name=name).encode())
 
 
 def probe_program(syscall: int) -> bytes:
