@@ -76,7 +76,17 @@ def emit_report(report: GateReport, fmt: str, output: Path | None) -> None:
 
 
 def render_json(report: GateReport) -> str:
-    return json.dumps(report.to_dict(), indent=2) + "\n"
+    """The report's keys one per line and each object or finding on a line of its own: as readable
+    in a diff as a fully indented document, and written by json's C encoder, which `indent` turns off
+    (the pure-Python one took a fifth of a cached run over a few hundred objects)."""
+    lines = []
+    for key, value in report.to_dict().items():
+        if isinstance(value, list) and value:
+            items = ",\n".join(f"    {json.dumps(item)}" for item in value)
+            lines.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def _summary(report: GateReport) -> str:

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from buildkit.errors import UserError
-from buildkit.walk import _remove_tree, open_artifact
+from buildkit.walk import open_artifact
+from buildkit.walk.tree import remove_tree
 from support import require_tools
 from support.walk import problem_rules
 
@@ -76,5 +77,5 @@ def test_trees_deeper_than_the_python_stack_are_still_removed(tmp_path):
         os.close(fd)
         fd = next_fd
     os.close(fd)
-    _remove_tree(top)
+    remove_tree(top)
     assert not top.exists()

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "buildkit.registry",
         "buildkit.registry.*",
     ),
-    ("buildkit.walk",),
+    ("buildkit.walk", "buildkit.walk.*"),
     ("buildkit.archgate", "buildkit.archgate.*"),
     (
         "buildkit.build",
