@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildkit.errors import UserError, VerificationFailed
+from buildkit.fsutil import write_fully
 from buildkit.progress import step
 
 CHUNK = 4 * 1024 * 1024
@@ -329,7 +330,7 @@ def write_image(plan: FlashPlan) -> str:
         ):
             while chunk := image.read(CHUNK):
                 digest.update(chunk)
-                write_all(fd, chunk, plan.disk)
+                _write_to_disk(fd, chunk, plan.disk)
                 progress.advance(mib(len(chunk)))
         with step(f"flushing {plan.disk.path}"):
             os.fsync(fd)
@@ -339,14 +340,11 @@ def write_image(plan: FlashPlan) -> str:
     return digest.hexdigest()
 
 
-def write_all(fd: int, data: bytes, disk: Disk) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            count = os.write(fd, view)
-        except OSError as exc:
-            raise VerificationFailed(f"writing {disk.path} failed: {exc.strerror}: the card is faulty") from None
-        view = view[count:]
+def _write_to_disk(fd: int, data: bytes, disk: Disk) -> None:
+    try:
+        write_fully(fd, data)
+    except OSError as exc:
+        raise VerificationFailed(f"writing {disk.path} failed: {exc.strerror}: the card is faulty") from None
 
 
 def read_back_digest(plan: FlashPlan) -> tuple[str, int | None]:

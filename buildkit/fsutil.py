@@ -65,6 +65,13 @@ def write_bytes_atomic(dest: Path, data: bytes, mode: int = 0o644) -> Path:
     return dest
 
 
+def write_fully(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may take fewer); OSError as os.write raises it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -19,6 +19,7 @@ from typing import IO, BinaryIO, Protocol
 
 from buildkit.errors import UserError
 from buildkit.finding import Finding
+from buildkit.fsutil import write_fully
 from buildkit.walk.formats import (
     DECOMPRESSORS,
     FORMAT_NAMES,
@@ -242,7 +243,7 @@ class Extractor:
             with read() as source:
                 while chunk := _read_member_data(source):
                     self.charge(len(chunk))
-                    _write_all(fd, chunk, self.root)
+                    _write_unpacked(fd, chunk, self.root)
             os.fchmod(fd, (mode & 0o777) | 0o400)
         finally:
             os.close(fd)
@@ -304,16 +305,13 @@ def _read_member_data(source: _Readable) -> bytes:
         raise DamagedArchive(reason(exc)) from None
 
 
-def _write_all(fd: int, data: bytes, root: Path) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except OSError as exc:
-            raise UserError(
-                f"{root}: cannot write the unpacked archive ({exc.strerror}): free some space or point TMPDIR elsewhere"
-            ) from None
-        view = view[written:]
+def _write_unpacked(fd: int, data: bytes, root: Path) -> None:
+    try:
+        write_fully(fd, data)
+    except OSError as exc:
+        raise UserError(
+            f"{root}: cannot write the unpacked archive ({exc.strerror}): free some space or point TMPDIR elsewhere"
+        ) from None
 
 
 class _Readable(Protocol):
