@@ -19,7 +19,7 @@ import hashlib
 import mmap
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -471,16 +471,23 @@ def _examine(data: mmap.mmap, rel: str, shown: str, digest: str, profile: Profil
 
 
 def _to_entry(result: _ObjectResult) -> dict[str, Any]:
-    """What the cache keeps of a result: all of it but where the object was."""
+    """What the cache keeps of a result: all of it but where the object was. The records' fields
+    as they are, for json to write at once (asdict deep-copies every value, which json does not need)."""
     link = result.link
     return {
-        "info": {k: v for k, v in asdict(result.info).items() if k != "path"},
-        "issues": [asdict(issue) for issue in result.issues],
-        "hits": [[asdict(hit), symbol] for hit, symbol in result.hits],
+        "info": _fields(result.info, leave_out="path"),
+        "issues": [_fields(issue) for issue in result.issues],
+        "hits": [[_fields(hit), symbol] for hit, symbol in result.hits],
         "unlisted_hits": result.unlisted_hits,
-        "dispatched": [asdict(group) for group in result.dispatched],
-        "link": None if link is None else {k: v for k, v in asdict(link).items() if k != "rel"},
+        "dispatched": [
+            {**_fields(group), "examples": [_fields(hit) for hit in group.examples]} for group in result.dispatched
+        ],
+        "link": None if link is None else _fields(link, leave_out="rel"),
     }
+
+
+def _fields(record: Any, leave_out: str = "") -> dict[str, Any]:
+    return {f.name: getattr(record, f.name) for f in fields(record) if f.name != leave_out}
 
 
 def _from_entry(entry: dict[str, Any], shown: str, rel: str) -> _ObjectResult:
@@ -500,8 +507,8 @@ def _from_entry(entry: dict[str, Any], shown: str, rel: str) -> _ObjectResult:
     )
 
 
-def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+def _tuples(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
 
 
 def _over_size_limit(path: str, shown: str) -> _ObjectResult | None:
