@@ -5,9 +5,9 @@ facts, the rule outcomes, the code hits and its link facts. Where the object liv
 waivers that match that path, the closure of its tree) is applied afresh on every run, so waivers
 are not part of the key. The key is the object's sha256 and a fingerprint of the policy the rules
 read: the profile's merged tables, every data file under verify/ (code and dispatch rules), the
-scan setting, and the gate's own code (buildkit's version and the archgate sources, so an edited
-rule never reuses an old verdict). Entries are JSON, written atomically; an unreadable entry is a
-miss, never an error.
+scan setting, the gate's own code (buildkit's version and the archgate sources, so an edited rule
+never reuses an old verdict) and the installed capstone and pyelftools. Entries are JSON, written
+atomically; an unreadable entry is a miss, never an error.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from buildkit.target import profile_data
 CACHE_SUBDIR = "gate-verdicts"
 ENTRY_FORMAT = 1
 ARCHGATE_DIR = Path(__file__).resolve().parent
+# What decodes and parses the objects: another release may decide an instruction or a header otherwise.
+VERDICT_LIBRARIES = ("capstone", "pyelftools")
 
 
 @dataclass(frozen=True)
@@ -89,11 +92,26 @@ def open_cache(cache_root: Path, profile: Profile, scan_code: bool) -> VerdictCa
 def policy_fingerprint(profile: Profile, scan_code: bool) -> str:
     digest = hashlib.sha256()
     digest.update(f"buildkit {buildkit.__version__}; entry {ENTRY_FORMAT}; scan_code {scan_code}\n".encode())
+    digest.update(f"{' '.join(_installed(VERDICT_LIBRARIES))}\n".encode())
     digest.update(json.dumps(profile_data(profile.source), sort_keys=True, default=str).encode())
     for path in _files(VERIFY_DIR) + _files(ARCHGATE_DIR, "*.py"):
         digest.update(f"\n{path.name}\n".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def _installed(distributions: tuple[str, ...]) -> list[str]:
+    """The installed `name-version` of each distribution, by its .dist-info directory's name on
+    sys.path: importlib.metadata would cost a cached run more than all of its lookups."""
+    prefixes = tuple(f"{name}-" for name in distributions)
+    found: list[str] = []
+    for entry in dict.fromkeys(sys.path):
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:  # a zip, or a path that is not there
+            continue
+        found.extend(n.removesuffix(".dist-info") for n in names if n.endswith(".dist-info") and n.startswith(prefixes))
+    return sorted(found)
 
 
 def _files(top: Path, pattern: str = "*") -> list[Path]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 import zipfile
@@ -241,6 +242,20 @@ def test_an_edited_profile_is_other_policy_and_checks_every_object_again(run_cli
     profile.write_text(profile.read_text().replace('"one"', '"two"'))
     second = run_cli("verify", "artifact", objects_tree, "--profile", profile, "--format", "json", env=env)
     assert len(verdict_entries(cache)) == 2 * len(SIX_OBJECTS)
+    assert (second.returncode, second.stdout) == (first.returncode, first.stdout)
+
+
+def test_another_release_of_the_disassembler_is_other_policy(run_cli, objects_tree, tmp_path):
+    """A capstone that decodes a word otherwise must not reuse the verdicts of the one before."""
+    cache = tmp_path / "cache"
+    env = {"BUILDKIT_CACHE": str(cache)}
+    first = run_cli("verify", "artifact", objects_tree, "--format", "json", env=env)
+    assert len(verdict_entries(cache)) == len(SIX_OBJECTS), first.stderr
+    newer = tmp_path / "site"
+    (newer / "capstone-99.0.dist-info").mkdir(parents=True)
+    path = os.pathsep.join(filter(None, [str(newer), os.environ.get("PYTHONPATH")]))
+    second = run_cli("verify", "artifact", objects_tree, "--format", "json", env={**env, "PYTHONPATH": path})
+    assert len(verdict_entries(cache)) == 2 * len(SIX_OBJECTS), second.stderr
     assert (second.returncode, second.stdout) == (first.returncode, first.stdout)
 
 
