@@ -28,6 +28,7 @@ the bytecode with the target interpreter itself.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import importlib.metadata
 import json
 import os
@@ -44,12 +45,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from buildkit.archgate.closure import link_facts
+from buildkit.archgate.elfcheck import ElfParseError, open_elf
 from buildkit.build.armcontainer import docker_runner
 from buildkit.build.base import COMPONENTS_FILE, Backend
 from buildkit.errors import UserError
 from buildkit.fsutil import sha256_file, write_bytes_atomic
 from buildkit.progress import step
-from buildkit.schema import Invalid, Where
+from buildkit.resources import VERIFY_DIR
+from buildkit.schema import Invalid, Where, from_table, read_toml
 from buildkit.source import SKIPPED_NAMES, copy_source
 from buildkit.target import Target, Userland
 from buildkit.toolchain import require_tool
@@ -150,6 +154,43 @@ def check(recipe: Recipe, where: Where) -> None:
     recipe.target.userland_named(recipe.settings.base, where.child("base"))
 
 
+PRUNE_POLICY_FILE = VERIFY_DIR / "python" / "prune.toml"
+
+
+@dataclass(frozen=True)
+class StdlibPruning:
+    removed: tuple[str, ...]  # relative to the standard library's directory
+    test_dirs: frozenset[str]
+    extensions: tuple[str, ...]  # globs of lib-dynload module names
+    kept_encodings: frozenset[str]
+
+
+@dataclass(frozen=True)
+class LibraryPruning:
+    dlopened: tuple[str, ...]  # globs of library names kept whatever names them
+
+
+@dataclass(frozen=True)
+class PrunePolicy:
+    """What the python kind removes from the userland it assembles (verify/python/prune.toml)."""
+
+    trees: tuple[str, ...]
+    package_manager_files: dict[str, tuple[str, ...]]
+    stdlib: StdlibPruning
+    libraries: LibraryPruning
+
+    def pruned_extension(self, filename: str) -> bool:
+        module = filename.split(".", 1)[0]
+        return any(fnmatch.fnmatchcase(module, pattern) for pattern in self.stdlib.extensions)
+
+    def dlopened(self, library: str) -> bool:
+        return any(fnmatch.fnmatchcase(library, pattern) for pattern in self.libraries.dlopened)
+
+
+def prune_policy(path: Path = PRUNE_POLICY_FILE) -> PrunePolicy:
+    return from_table(PrunePolicy, read_toml(path), Where(path))
+
+
 # Platform tags of 32-bit ARM wheels. Only the target's own (Target.wheel_platforms) can be
 # accepted, and only if their code passes the gate; the others are looked for only so that a
 # refusal can name the wheel.
@@ -163,112 +204,6 @@ ARM_WHEEL_PLATFORMS = (
     "musllinux_1_2_armv7l",
 )
 WHEEL_HINT = 'use the distro package, or set python.backend = "docker" to build it for the target from source'
-
-# Relative to the rootfs. Host files mmdebstrap copies in (hostname, resolv.conf) and apt/dpkg
-# state are not reproducible and mean nothing on the device.
-PRUNED_TREES = (
-    "etc/apt",
-    "etc/cron.daily",
-    "etc/fstab",
-    "etc/hostname",
-    "etc/logrotate.d",
-    "etc/resolv.conf",
-    "usr/bin/py3clean",
-    "usr/bin/py3compile",
-    "usr/bin/py3versions",
-    "usr/share/python3",
-    "usr/lib/binfmt.d",
-    "usr/share/binfmts",
-    "usr/share/readline",
-    "usr/lib/locale",
-    "usr/share/bug",
-    "usr/share/doc",
-    "usr/share/doc-base",
-    "usr/share/info",
-    "usr/share/lintian",
-    "usr/share/locale",
-    "usr/share/man",
-    "var/cache",
-    "var/lib/apt",
-    "var/lib/dpkg",
-    "var/log",
-)
-# python3-minimal depends on dpkg (for its maintainer scripts), and dpkg on tar: without the dpkg
-# database neither has a use in a service, unless the recipe asked for them by name.
-PACKAGE_MANAGER_FILES = {
-    "dpkg": (
-        "etc/alternatives",
-        "etc/dpkg",
-        "sbin/start-stop-daemon",
-        "usr/bin/dpkg*",
-        "usr/bin/update-alternatives",
-        "usr/sbin/dpkg-fsys-usrunmess",
-        "usr/share/dpkg",
-        "usr/share/polkit-1",
-    ),
-    "tar": ("bin/tar", "etc/rmt", "usr/sbin/rmt-tar", "usr/sbin/tarcat"),
-}
-# Relative to the stdlib directory: development tools, interactive-only, demo and legacy modules.
-PRUNED_STDLIB = (
-    "__hello__.py",
-    "__phello__",
-    "_pydecimal.py",
-    "antigravity.py",
-    "crypt.py",
-    "curses",
-    "doctest.py",
-    "ensurepip",
-    "idlelib",
-    "lib2to3",
-    "pydoc_data",
-    "this.py",
-    "tkinter",
-    "turtle.py",
-    "turtledemo",
-    "venv",
-)
-PRUNED_TEST_DIRS = frozenset({"test", "tests", "idle_test"})
-PRUNED_EXTENSIONS = re.compile(
-    r"^(_test\w*|_ctypes_test|_xxtestfuzz|xxlimited\w*|_codecs_\w+|_multibytecodec|_curses\w*|readline|_dbm|nis"
-    r"|ossaudiodev|audioop|_crypt)\."
-)
-# Codecs kept: the Unicode ones, ASCII, Latin-1, CP1252, ISO-8859-15 and the bytes-to-bytes codecs.
-KEPT_ENCODINGS = frozenset(
-    {
-        "__init__",
-        "aliases",
-        "ascii",
-        "base64_codec",
-        "bz2_codec",
-        "charmap",
-        "cp1252",
-        "hex_codec",
-        "idna",
-        "iso8859_1",
-        "iso8859_15",
-        "latin_1",
-        "punycode",
-        "quopri_codec",
-        "raw_unicode_escape",
-        "rot_13",
-        "undefined",
-        "unicode_escape",
-        "utf_16",
-        "utf_16_be",
-        "utf_16_le",
-        "utf_32",
-        "utf_32_be",
-        "utf_32_le",
-        "utf_7",
-        "utf_8",
-        "utf_8_sig",
-        "uu_codec",
-        "zlib_codec",
-    }
-)
-# glibc's own libraries and what it dlopen()s (NSS modules, libgcc_s for thread cancellation): kept
-# even when no DT_NEEDED names them.
-DLOPENED_LIBRARIES = re.compile(r"^(ld-linux.*|lib(c|m|dl|pthread|rt|util|resolv|anl|nss_\w+|gcc_s)\.so(\.\d+)*)$")
 
 # Sourceless .pyc files (legacy layout, beside where the .py was) for the standard library, whose
 # sources would double its size; the app and its wheels keep theirs, with __pycache__.
@@ -329,6 +264,7 @@ def backend(ctx: BuildContext) -> Backend:
     base = DebianBase.of(recipe.target, userland, ctx.cache_dir, ctx.epoch)
     toolchain = {
         "assembly": ASSEMBLY_REVISION,
+        "pruning": sha256_file(PRUNE_POLICY_FILE),
         "backend": settings.backend,
         "base": f"{userland.distro}-{userland.suite}-{userland.arch}",
         "mirror": settings.mirror,
@@ -372,7 +308,7 @@ def assemble_rootfs(recipe: Recipe, base: DebianBase, dest: Path, runner: ArmRun
                 install_wheels(wheels, base, dest)
         installed_wheels = tuple(sorted(InstalledWheel.of(w) for w in wheels))
         copy_app(recipe, dest / APP_DIR)
-        prune_rootfs(dest, base.python, base, settings.packages)
+        prune_rootfs(dest, base, settings.packages, prune_policy())
         with step("compiling the Python bytecode"):
             compile_bytecode(dest, base.python, recipe, runner)
         normalize_tree(dest, base.epoch)
@@ -1215,31 +1151,31 @@ def copy_app(recipe: Recipe, dest: Path) -> None:
 # 4. Pruning --------------------------------------------------------------------------------------
 
 
-def prune_rootfs(rootfs: Path, python: PythonVersion, base: DebianBase, requested: Sequence[str]) -> None:
-    for rel in PRUNED_TREES + (f"usr/lib/{base.triplet}/gconv",):
+def prune_rootfs(rootfs: Path, base: DebianBase, requested: Sequence[str], policy: PrunePolicy) -> None:
+    for rel in (*policy.trees, f"usr/lib/{base.triplet}/gconv"):
         remove(rootfs / rel)
-    for package, patterns in PACKAGE_MANAGER_FILES.items():
+    for package, patterns in policy.package_manager_files.items():
         if package not in requested:
             for pattern in patterns:
                 for path in rootfs.glob(pattern):
                     remove(path)
-    stdlib = rootfs / python.stdlib
-    for rel in PRUNED_STDLIB:
+    stdlib = rootfs / base.python.stdlib
+    for rel in policy.stdlib.removed:
         remove(stdlib / rel)
     for top in (stdlib, rootfs / DIST_PACKAGES, rootfs / APP_DIR):
-        remove_caches_and_tests(top)
+        remove_caches_and_tests(top, policy.stdlib.test_dirs)
     for ext in (stdlib / "lib-dynload").glob("*.so"):
-        if PRUNED_EXTENSIONS.match(ext.name):
+        if policy.pruned_extension(ext.name):
             ext.unlink()
     for codec in (stdlib / "encodings").glob("*.py"):
-        if codec.stem not in KEPT_ENCODINGS:
+        if codec.stem not in policy.stdlib.kept_encodings:
             codec.unlink()
     for name in os.listdir(rootfs / "dev"):
         remove(rootfs / "dev" / name)
-    remove_unused_libraries(rootfs, base)
+    remove_unused_libraries(rootfs, base, policy)
 
 
-def remove_unused_libraries(rootfs: Path, base: DebianBase) -> None:
+def remove_unused_libraries(rootfs: Path, base: DebianBase, policy: PrunePolicy) -> None:
     """Delete the shared libraries that no remaining program or extension module needs (DT_NEEDED,
     transitively), so that pruning a module also prunes what it alone linked; then the plugins
     (files in subdirectories of the library directories) whose own libraries are gone."""
@@ -1247,7 +1183,7 @@ def remove_unused_libraries(rootfs: Path, base: DebianBase) -> None:
     libraries = {p.name: p for d in lib_dirs for p in d.iterdir() if ".so" in p.name and not p.is_dir()}
     elves = elf_files(rootfs)
     roots = [p for p in elves if not any(d in p.parents for d in lib_dirs)]
-    roots += [p for name, p in libraries.items() if DLOPENED_LIBRARIES.match(name)]
+    roots += [p for name, p in libraries.items() if policy.dlopened(name)]
     kept = {p.resolve() for p in roots}
     pending = list(kept)
     while pending:
@@ -1285,29 +1221,20 @@ def elf_files(root: Path) -> list[Path]:
     return found
 
 
-def dt_needed(path: Path) -> list[str]:
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.dynamic import DynamicSection
-    from elftools.elf.elffile import ELFFile
-
+def dt_needed(path: Path) -> tuple[str, ...]:
+    """The libraries the object names, as the loader reads them (PT_DYNAMIC), by the gate's reader."""
     try:
         with open(path, "rb") as fh:
-            sections = ELFFile(fh).iter_sections()
-            return [
-                tag.needed  # type: ignore[attr-defined]  # pyelftools sets it with setattr, so its types cannot say
-                for section in sections
-                if isinstance(section, DynamicSection)
-                for tag in section.iter_tags("DT_NEEDED")
-            ]
-    except (ELFError, OSError):
-        return []  # not ours to judge: the arch gate reports ELF files that do not parse
+            return link_facts(open_elf(fh, os.fstat(fh.fileno()).st_size), path.name, None).needed
+    except (ElfParseError, OSError):
+        return ()  # not ours to judge: the arch gate reports ELF files that do not parse
 
 
-def remove_caches_and_tests(top: Path) -> None:
+def remove_caches_and_tests(top: Path, test_dirs: frozenset[str]) -> None:
     if not top.is_dir():
         return
     for dirpath, dirnames, filenames in os.walk(top):
-        for name in [d for d in dirnames if d in PRUNED_TEST_DIRS or d == "__pycache__"]:
+        for name in [d for d in dirnames if d in test_dirs or d == "__pycache__"]:
             shutil.rmtree(Path(dirpath) / name)
             dirnames.remove(name)
         for name in filenames:
