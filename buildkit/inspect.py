@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from buildkit.archgate.elfcheck import ElfParseError, open_elf
-from buildkit.archgate.gate import ELF_MAGIC
 from buildkit.archgate.gobuildinfo import GoBuildInfo, read_go_buildinfo, read_go_function_table
 from buildkit.archgate.model import GateReport
 from buildkit.errors import UserError, VerificationFailed
 from buildkit.layout import APKOVL_GLOB, MANIFEST, PUBLIC_KEY, SIGNATURE
 from buildkit.sign import key_id_text, load_public_key, parse_signature, verify_file
-from buildkit.walk import open_artifact
+from buildkit.walk import ELF_MAGIC, open_artifact
 
 SCHEMA_VERSION = 1
 GATE_REPORT = "gate.json"  # build/stage.py's name for it; inspect sits on the package, not the build stage

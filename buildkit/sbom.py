@@ -28,13 +28,13 @@ from buildkit import __version__
 from buildkit.archgate.elfcheck import ElfParseError, open_elf
 from buildkit.archgate.gobuildinfo import GoBuildInfo, read_go_buildinfo
 from buildkit.fsutil import sha256_file, write_bytes_atomic
+from buildkit.walk import ELF_MAGIC
 
 if TYPE_CHECKING:
     from cyclonedx.model.component import Component
 
     from buildkit.build.stage import BuildResult
 
-ELF_MAGIC = b"\x7fELF"
 SERIAL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/pisec/buildkit/sbom")
 PROPERTY_PREFIX = "buildkit:"
 GO_STDLIB = "stdlib"  # the purl name the Go ecosystem's tools give the toolchain's standard library

@@ -45,7 +45,9 @@ from buildkit.errors import UserError
 from buildkit.progress import step
 from buildkit.target import DEFAULT_PROFILE
 from buildkit.walk import (
+    ELF_MAGIC,
     HEAD_BYTES,
+    ArchiveKind,
     ArtifactTree,
     ExtractBudget,
     ExtractLimitExceeded,
@@ -60,7 +62,6 @@ if TYPE_CHECKING:  # pyelftools' reader and the Go reader are loaded only when a
 
     from buildkit.archgate.gobuildinfo import GoBuildInfo
 
-ELF_MAGIC = b"\x7fELF"
 # Attribute findings the code cannot overrule: the section itself is damaged or unknown.
 CLAIM_RULES_KEPT = ("attr.parse", "attr.unknown")
 MAX_OBJECT_ENV = "BUILDKIT_MAX_OBJECT"
@@ -220,7 +221,7 @@ def _gate_tree(
 def _gate_nested(
     tree: ArtifactTree,
     rel: str,
-    kind: str,
+    kind: ArchiveKind,
     profile: Profile,
     options: _Options,
     waivers: Sequence[Waiver],

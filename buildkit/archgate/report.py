@@ -17,37 +17,13 @@ from urllib.parse import quote
 from buildkit import __version__
 from buildkit.archgate.model import Finding, GateReport
 from buildkit.errors import UserError
+from buildkit.finding import registered_rule
 
 FORMATS = ("text", "json", "sarif", "junit")
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/pisec/buildkit"
 MEMBER_SEPARATOR = "!"
 SARIF_LEVELS = {"error": "error", "waived": "error", "warning": "warning", "info": "note"}
-
-# Rule documentation for SARIF, by rule id or family ("attr.*"); the profile gives the fix.
-RULE_DOCS: dict[str, str] = {
-    "elf.parse": "The file starts like an ELF object but cannot be read: truncated or damaged.",
-    "elf.machine": "The ELF machine is not the target's (e.g. AArch64 or x86-64 instead of 32-bit ARM).",
-    "elf.class": "The ELF class (32/64-bit) is not the target's.",
-    "elf.endian": "The byte order is not the target's.",
-    "elf.eabi": "The ARM EABI version in e_flags is not one the target's userland uses.",
-    "elf.be8": "BE8 (big-endian) code for a little-endian target.",
-    "elf.float_abi": "Both the soft-float and the hard-float e_flags are set.",
-    "elf.limits": "An object larger, with more sections or more code to scan than the gate reads: hostile or damaged.",
-    "image.platform": "The platform a container image's config names (os/architecture/variant), against the board's.",
-    "attr.parse": "The .ARM.attributes section cannot be read.",
-    "attr.unknown": "A build attribute tag this gate does not know and may not ignore.",
-    "attr.*": "A build attribute (.ARM.attributes) outside the profile's allow-list: the object was "
-    "compiled for a CPU the target is not.",
-    "go.goarm": "A Go binary built for a GOARM level the target cannot run.",
-    "code.unlisted": "More instructions above the target than the scan lists.",
-    "code.*": "Instructions the target CPU does not have, found by disassembling executable sections.",
-    "closure.missing": "A library or interpreter a process needs is not in the tree.",
-    "closure.interpreter": "A dynamic executable names an interpreter (dynamic loader) the target does not run.",
-    "closure.float_abi": "A process would load objects of both float ABIs (soft-float and hard-float).",
-    "walk.limits": "Archives inside the input unpack to more bytes in total than the gate allows.",
-    "walk.*": "An archive member that is unsafe to unpack (absolute path, '..', link out of the tree, device).",
-}
 
 
 def render_report(report: GateReport, fmt: str) -> str:
@@ -143,10 +119,6 @@ def _print_rich(report: GateReport) -> None:
     console.print(Text(_summary(report), style="green" if report.ok else "bold red"))
 
 
-def _rule_doc(rule: str) -> str:
-    return RULE_DOCS.get(rule) or RULE_DOCS.get(rule.split(".", 1)[0] + ".*", "A rule of the arch gate.")
-
-
 def _artifact_and_member(path: str) -> tuple[str, str | None]:
     artifact, _, member = path.partition(MEMBER_SEPARATOR)
     return artifact, member or None
@@ -160,9 +132,9 @@ def render_sarif(report: GateReport) -> str:
         {
             "id": rule,
             "name": rule.replace(".", "_"),
-            "shortDescription": {"text": _rule_doc(rule)},
-            "fullDescription": {"text": _rule_doc(rule)},
-            "help": {"text": hints.get(rule) or _rule_doc(rule)},
+            "shortDescription": {"text": registered_rule(rule).doc},
+            "fullDescription": {"text": registered_rule(rule).doc},
+            "help": {"text": hints.get(rule) or registered_rule(rule).doc},
             "defaultConfiguration": {"level": "error"},
             "properties": {"tags": ["arch-gate", report.profile]},
         }

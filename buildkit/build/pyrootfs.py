@@ -57,6 +57,7 @@ from buildkit.schema import Invalid, Where, from_table, read_toml
 from buildkit.source import SKIPPED_NAMES, copy_source
 from buildkit.target import Target, Userland
 from buildkit.toolchain import require_tool
+from buildkit.walk import ELF_MAGIC, open_artifact
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
@@ -974,8 +975,6 @@ def build_wheels_from_source(
 def unpack_source(sdist: Path, dest: Path, where: str) -> str:
     """The sdist's top directory, unpacked safely under `dest` (a fixed path, so that nothing of the
     build host's paths reaches the wheel); its name."""
-    from buildkit.walk import open_artifact
-
     with open_artifact(sdist) as tree:
         if tree.problems:
             raise UserError(f"{where}: {sdist.name}: {tree.problems[0].message}")
@@ -1216,7 +1215,7 @@ def elf_files(root: Path) -> list[Path]:
             path = Path(dirpath) / name
             if not path.is_symlink() and path.is_file():
                 with open(path, "rb") as fh:
-                    if fh.read(4) == b"\x7fELF":
+                    if fh.read(4) == ELF_MAGIC:
                         found.append(path)
     return found
 

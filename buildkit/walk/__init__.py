@@ -29,9 +29,8 @@ from pathlib import Path
 
 from buildkit.errors import UserError
 from buildkit.walk.formats import (
-    DECOMPRESSORS,
-    FORMAT_NAMES,
     HEAD_BYTES,
+    ArchiveKind,
     archive_kind,
     corrupt_archive_errors,
     image_layout,
@@ -53,7 +52,9 @@ from buildkit.walk.tree import (
 )
 
 __all__ = [
+    "ELF_MAGIC",
     "HEAD_BYTES",
+    "ArchiveKind",
     "ArtifactTree",
     "ExtractBudget",
     "ExtractLimitExceeded",
@@ -101,12 +102,16 @@ def open_artifact(
 
 @contextlib.contextmanager
 def open_nested(
-    path: Path, kind: str | None, display: str, budget: ExtractBudget | None = None, platforms: Sequence[str] = ()
+    path: Path,
+    kind: ArchiveKind | None,
+    display: str,
+    budget: ExtractBudget | None = None,
+    platforms: Sequence[str] = (),
 ) -> Iterator[ArtifactTree | None]:
     """A file inside a tree or archive that is itself an archive (`kind`, from `archive_kind` of its
     first bytes: a name proves nothing), as a tree of its own; a compressed stream that is not a tar
     is looked into too, so that an ELF hidden in `x.gz` is gated. None when it holds nothing to gate."""
-    head = _decompressed_head(path, kind) if kind in DECOMPRESSORS and kind != "tar" else b""
+    head = _decompressed_head(path, kind) if kind is not None and kind.compressed else b""
     single = bool(head) and head[257:262] != b"ustar"
     # a compressed changelog or man page (a Debian tree has hundreds) costs no temporary directory
     if kind is None or (single and not head.startswith(ELF_MAGIC)):
@@ -130,7 +135,7 @@ def _workdir() -> Iterator[Path]:
 
 
 def _unpacked(
-    path: Path, kind: str, workdir: Path, shown: str, budget: ExtractBudget, platforms: Sequence[str]
+    path: Path, kind: ArchiveKind, workdir: Path, shown: str, budget: ExtractBudget, platforms: Sequence[str]
 ) -> ArtifactTree:
     """The archive's tree; when that tree is a container image (a `docker save` tar, an OCI layout
     in a tar), the image's file system. The unpacking modules are imported here, at the first
@@ -146,18 +151,20 @@ def _unpacked(
     return image_tree(tree.root, image, shown, budget, platforms)
 
 
-def _decompressed_head(path: Path, kind: str) -> bytes:
+def _decompressed_head(path: Path, kind: ArchiveKind) -> bytes:
     try:
-        with open(path, "rb") as raw, DECOMPRESSORS[kind](raw) as stream:
+        with open(path, "rb") as raw, kind.open_stream(raw) as stream:
             return stream.read(HEAD_BYTES)
     except corrupt_archive_errors() as exc:
-        raise UserError(f"{path}: a {FORMAT_NAMES[kind]} that cannot be read: {reason(exc)}") from None
+        raise UserError(f"{path}: a {kind.description} that cannot be read: {reason(exc)}") from None
 
 
-def _decompressed_elf(path: Path, kind: str, workdir: Path, display: str, budget: ExtractBudget) -> ArtifactTree:
+def _decompressed_elf(
+    path: Path, kind: ArchiveKind, workdir: Path, display: str, budget: ExtractBudget
+) -> ArtifactTree:
     """The content of a compressed single ELF object (bounded like a member)."""
     target = workdir / path.name.rsplit(".", 1)[0]
-    with open(path, "rb") as raw, DECOMPRESSORS[kind](raw) as stream, open(target, "wb") as out:
+    with open(path, "rb") as raw, kind.open_stream(raw) as stream, open(target, "wb") as out:
         while chunk := stream.read(COPY_CHUNK):
             budget.charge(len(chunk), display)
             out.write(chunk)

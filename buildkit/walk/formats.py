@@ -9,6 +9,7 @@ import io
 import json
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,45 +19,72 @@ from buildkit.walk.tree import ELF_MAGIC, printable
 MAX_IMAGE_JSON = 4 << 20  # an index, a manifest or a config; real ones are a few KB
 HEAD_BYTES = 512  # what `archive_kind` looks at: the tar magic is at 257
 
-# Archive kinds by content; the suffix only decides when the content is not recognised.
-_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\x1f\x8b", "tar.gz"),
-    (0, b"\xfd7zXZ\x00", "tar.xz"),
-    (0, b"\x28\xb5\x2f\xfd", "tar.zst"),
-    (0, b"BZh", "tar.bz2"),
-    (0, b"PK\x03\x04", "zip"),
-    (0, b"PK\x05\x06", "zip"),
-    (0, b"hsqs", "squashfs"),
-    (0, b"sqsh", "squashfs"),
-    (257, b"ustar", "tar"),
-    (0, b"!<arch>\ndebian-binary", "deb"),
+# Each stream's module is imported with its first stream: of the compressed files in a tree of
+# plain files (man pages, changelogs), nearly all are gzip. The standard library's decompressors
+# are BufferedIOBase streams, zstandard's reader a BinaryIO.
+Stream = Callable[[BinaryIO], "io.BufferedIOBase | BinaryIO"]
+
+
+def _plain(raw: BinaryIO) -> BinaryIO:
+    return raw
+
+
+def _gzip(raw: BinaryIO) -> io.BufferedIOBase:
+    return gzip.GzipFile(fileobj=raw, mode="rb")
+
+
+def _xz(raw: BinaryIO) -> io.BufferedIOBase:
+    import lzma
+
+    return lzma.LZMAFile(raw)
+
+
+def _bzip2(raw: BinaryIO) -> io.BufferedIOBase:
+    import bz2
+
+    return bz2.BZ2File(raw)
+
+
+def _zstd(raw: BinaryIO) -> BinaryIO:
+    import zstandard
+
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+
+
+@dataclass(frozen=True)
+class ArchiveKind:
+    """One input format: the bytes that say it (offset, magic), the names that do when the content
+    says nothing, and for a tar the stream that decompresses it."""
+
+    name: str
+    description: str
+    magic: tuple[tuple[int, bytes], ...]
+    suffixes: tuple[str, ...]
+    tar_stream: Stream | None = None  # None: not a tar (zip, squashfs, deb have readers of their own)
+
+    @property
+    def compressed(self) -> bool:
+        """A compressed stream: it may hold a tar or a single file (an ELF hidden in `x.gz`)."""
+        return self.tar_stream not in (None, _plain)
+
+    def open_stream(self, raw: BinaryIO) -> io.BufferedIOBase | BinaryIO:
+        if self.tar_stream is None:
+            raise ValueError(f"{self.description}: not a tar stream")
+        return self.tar_stream(raw)
+
+
+TAR = ArchiveKind("tar", "tar archive", ((257, b"ustar"),), (".tar",), _plain)
+# By content first, in this order; a suffix decides only when no magic matches.
+KINDS = (
+    ArchiveKind("tar.gz", "gzip-compressed tar archive", ((0, b"\x1f\x8b"),), (".tar.gz", ".tgz"), _gzip),
+    ArchiveKind("tar.xz", "xz-compressed tar archive", ((0, b"\xfd7zXZ\x00"),), (".tar.xz", ".txz"), _xz),
+    ArchiveKind("tar.zst", "zstd-compressed tar archive", ((0, b"\x28\xb5\x2f\xfd"),), (".tar.zst", ".tzst"), _zstd),
+    ArchiveKind("tar.bz2", "bzip2-compressed tar archive", ((0, b"BZh"),), (".tar.bz2", ".tbz2"), _bzip2),
+    ArchiveKind("zip", "zip archive (wheel)", ((0, b"PK\x03\x04"), (0, b"PK\x05\x06")), (".whl", ".zip")),
+    ArchiveKind("squashfs", "squashfs image", ((0, b"hsqs"), (0, b"sqsh")), (".squashfs", ".sqfs")),
+    TAR,
+    ArchiveKind("deb", "Debian package (ar archive)", ((0, b"!<arch>\ndebian-binary"),), (".deb",)),
 )
-_SUFFIXES: tuple[tuple[str, str], ...] = (
-    (".tar.gz", "tar.gz"),
-    (".tgz", "tar.gz"),
-    (".tar.xz", "tar.xz"),
-    (".txz", "tar.xz"),
-    (".tar.zst", "tar.zst"),
-    (".tzst", "tar.zst"),
-    (".tar.bz2", "tar.bz2"),
-    (".tbz2", "tar.bz2"),
-    (".tar", "tar"),
-    (".whl", "zip"),
-    (".zip", "zip"),
-    (".squashfs", "squashfs"),
-    (".sqfs", "squashfs"),
-    (".deb", "deb"),
-)
-FORMAT_NAMES = {
-    "tar": "tar archive",
-    "tar.gz": "gzip-compressed tar archive",
-    "tar.xz": "xz-compressed tar archive",
-    "tar.zst": "zstd-compressed tar archive",
-    "tar.bz2": "bzip2-compressed tar archive",
-    "zip": "zip archive (wheel)",
-    "squashfs": "squashfs image",
-    "deb": "Debian package (ar archive)",
-}
 
 
 class DamagedArchive(Exception):
@@ -90,18 +118,18 @@ def corrupt_archive_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def archive_kind(head: bytes) -> str | None:
+def archive_kind(head: bytes) -> ArchiveKind | None:
     """The archive format the first HEAD_BYTES of a file say it is, or None."""
-    return next((kind for offset, magic, kind in _MAGIC if head[offset : offset + len(magic)] == magic), None)
+    return next((kind for kind in KINDS if any(head[at : at + len(magic)] == magic for at, magic in kind.magic)), None)
 
 
-def content_kind(path: Path) -> str | None:
+def content_kind(path: Path) -> ArchiveKind | None:
     """The archive kind of a file by its content alone (a member or a layer: its name proves nothing)."""
     with open(path, "rb") as fh:
         return archive_kind(fh.read(HEAD_BYTES))
 
 
-def input_kind(path: Path) -> str | None:
+def input_kind(path: Path) -> ArchiveKind | None:
     """The archive kind of an input the user names: by content, else by its name; None for an ELF
     object or a file that is no archive."""
     try:
@@ -114,42 +142,12 @@ def input_kind(path: Path) -> str | None:
     if kind := archive_kind(head):
         return kind
     name = path.name.lower()
-    return next((kind for suffix, kind in _SUFFIXES if name.endswith(suffix)), None)
+    return next((kind for kind in KINDS if name.endswith(kind.suffixes)), None)
 
 
 def reason(exc: BaseException) -> str:
     text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
     return printable(text.splitlines()[0] if text else type(exc).__name__)
-
-
-# Each stream's module is imported with its first stream: of the compressed files in a tree of
-# plain files (man pages, changelogs), nearly all are gzip. The standard library's decompressors
-# are BufferedIOBase streams, zstandard's reader a BinaryIO.
-def _xz(raw: BinaryIO) -> io.BufferedIOBase:
-    import lzma
-
-    return lzma.LZMAFile(raw)
-
-
-def _bzip2(raw: BinaryIO) -> io.BufferedIOBase:
-    import bz2
-
-    return bz2.BZ2File(raw)
-
-
-def _zstd(raw: BinaryIO) -> BinaryIO:
-    import zstandard
-
-    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-
-
-DECOMPRESSORS: dict[str, Callable[[BinaryIO], io.BufferedIOBase | BinaryIO]] = {
-    "tar": lambda raw: raw,
-    "tar.gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
-    "tar.xz": _xz,
-    "tar.bz2": _bzip2,
-    "tar.zst": _zstd,
-}
 
 
 def image_layout(root: Path) -> str | None:

@@ -15,14 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from buildkit.errors import UserError
-from buildkit.walk.formats import (
-    DECOMPRESSORS,
-    MAX_IMAGE_JSON,
-    content_kind,
-    corrupt_archive_errors,
-    image_layout,
-    reason,
-)
+from buildkit.walk.formats import MAX_IMAGE_JSON, TAR, content_kind, corrupt_archive_errors, image_layout, reason
 from buildkit.walk.tree import ArtifactTree, ExtractBudget, Limits, Member, printable, read_link, resolve_in_tree
 from buildkit.walk.unpack import Extractor, read_tar
 
@@ -53,7 +46,7 @@ def image_tree(
         kind = content_kind(path)
         extractor.begin_layer()
         try:
-            read_tar(path, kind if kind in DECOMPRESSORS else "tar", extractor)
+            read_tar(path, kind if kind is not None and kind.tar_stream is not None else TAR, extractor)
         except corrupt_archive_errors() as exc:
             raise UserError(f"{shown}: layer {layer} is not a readable tar archive ({reason(exc)})") from None
     return replace(extractor.finish(), platform=platform)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildkit.errors import UserError
-from buildkit.finding import Finding
+from buildkit.finding import Finding, registered_rule
 
 DEFAULT_MAX_EXTRACT = 4 << 30
 DEFAULT_MAX_MEMBERS = 200_000  # a minimal rootfs or a Pi payload has a few thousand files
@@ -21,23 +21,6 @@ MAX_DEPTH = 256  # directory levels in a member path; real root file systems sta
 COPY_CHUNK = 1 << 20
 ELF_MAGIC = b"\x7fELF"
 
-_HINTS = {
-    "walk.absolute_path": "rebuild the archive with paths relative to its root (tar -C DIR -c .)",
-    "walk.parent_path": "rebuild the archive without '..' in member names",
-    "walk.link_outside": "point the link at a path inside the artifact, or leave it out",
-    "walk.bad_link": "give the symlink a target, or leave it out",
-    "walk.hardlink_missing": "a hard link must name an earlier regular file of the same archive; rebuild it",
-    "walk.link_loop": "break the symlink loop",
-    "walk.device": "device nodes do not belong in a payload: devtmpfs provides them on the device",
-    "walk.fifo": "fifos do not belong in a payload: create them at run time",
-    "walk.socket": "sockets do not belong in a payload: the service creates them at run time",
-    "walk.special": "only regular files, directories and symlinks belong in a payload",
-    "walk.conflict": "the archive gives one path two types, or puts a member under a file or a symlink; rebuild it",
-    "walk.too_deep": f"nest directories at most {MAX_DEPTH} levels deep",
-    "walk.unreadable": "make the file readable (unencrypted, a supported compression) and try again",
-    "walk.limits": "archives inside the input expand to more than BUILDKIT_MAX_EXTRACT in total: "
-    "raise it if the input is genuine",
-}
 _UNSAFE_KINDS = {
     "device": "a device node",
     "fifo": "a fifo",
@@ -224,7 +207,8 @@ def link_escapes(rel: str, target: str) -> bool:
 
 
 def walk_problem(where: str, rule: str, message: str, **evidence: object) -> Finding:
-    return Finding(path=where, rule=rule, severity="error", message=message, evidence=dict(evidence), hint=_HINTS[rule])
+    hint = registered_rule(rule).hint
+    return Finding(path=where, rule=rule, severity="error", message=message, evidence=dict(evidence), hint=hint)
 
 
 def kind_problem(where: str, member: Member) -> Finding | None:

@@ -20,14 +20,7 @@ from typing import IO, BinaryIO, Protocol
 from buildkit.errors import UserError
 from buildkit.finding import Finding
 from buildkit.fsutil import write_fully
-from buildkit.walk.formats import (
-    DECOMPRESSORS,
-    FORMAT_NAMES,
-    DamagedArchive,
-    content_kind,
-    corrupt_archive_errors,
-    reason,
-)
+from buildkit.walk.formats import ArchiveKind, DamagedArchive, content_kind, corrupt_archive_errors, reason
 from buildkit.walk.tree import (
     COPY_CHUNK,
     MAX_DEPTH,
@@ -51,23 +44,23 @@ AR_MAGIC = b"!<arch>\n"
 AR_HEADER = 60  # name 16, mtime 12, uid 6, gid 6, mode 8, size 10, magic 2
 
 
-def unpack_archive(path: Path, kind: str, workdir: Path, shown: str, budget: ExtractBudget) -> ArtifactTree:
+def unpack_archive(path: Path, kind: ArchiveKind, workdir: Path, shown: str, budget: ExtractBudget) -> ArtifactTree:
     """The archive's members under `workdir`/root, through every check of `Extractor`."""
     root = workdir / "root"
     root.mkdir()
     extractor = Extractor(root, shown, Limits.from_env(), budget)
     try:
-        if kind == "zip":
+        if kind.name == "zip":
             _read_zip(path, extractor)
-        elif kind == "squashfs":
+        elif kind.name == "squashfs":
             _read_squashfs(path, workdir / "staging", extractor)
-        elif kind == "deb":
+        elif kind.name == "deb":
             _read_deb(path, workdir, extractor)
         else:
             read_tar(path, kind, extractor)
     except corrupt_archive_errors() as exc:
         raise UserError(
-            f"{path}: not a readable {FORMAT_NAMES[kind]} ({reason(exc)}): "
+            f"{path}: not a readable {kind.description} ({reason(exc)}): "
             "check that the file is complete and really of that format"
         ) from None
     return extractor.finish()
@@ -91,7 +84,7 @@ def _read_deb(path: Path, workdir: Path, extractor: Extractor) -> None:
             with open(data, "wb") as out:
                 _copy_exactly(fh, out, size)
             kind = content_kind(data)
-            if kind not in DECOMPRESSORS:
+            if kind is None or kind.tar_stream is None:
                 raise DamagedArchive(f"{name} is not a (compressed) tar")
             read_tar(data, kind, extractor)
             return
@@ -318,8 +311,8 @@ class _Readable(Protocol):
     def read(self, size: int, /) -> bytes: ...
 
 
-def read_tar(path: Path, kind: str, extractor: Extractor) -> None:
-    with open(path, "rb") as raw, DECOMPRESSORS[kind](raw) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+def read_tar(path: Path, kind: ArchiveKind, extractor: Extractor) -> None:
+    with open(path, "rb") as raw, kind.open_stream(raw) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for info in tar:
             member = _tar_member(info)
             extractor.add(member, functools.partial(_open_tar_file, tar, info) if member.kind == "file" else None)
