@@ -16,7 +16,7 @@ from buildkit.smoke.procfs import parse_stat
 from buildkit.smoke.results import CheckFailed
 from buildkit.smoke.system import plan
 from buildkit.smoke.system.agentlink import errno_name
-from buildkit.smoke.system.evidence import Evidence, check_tampered
+from buildkit.smoke.system.evidence import Evidence, check_sigterm, check_tampered
 from support import REPO
 
 REFUSED = "hello-go: REFUSED: integrity: /media/mmcblk0p1/hello-go.squashfs does not match the signed manifest (sha256)"
@@ -78,3 +78,20 @@ def test_the_agents_process_lines_and_errors_read_as_the_hosts_own():
     assert errno_name("No space left on device") == "ENOSPC"
     assert errno_name(" Resource temporarily unavailable") == "EAGAIN"
     assert errno_name("") is None
+
+
+def stop_console(rc_service: str, stop: str) -> Evidence:
+    facts = (
+        "rc-service-took " + rc_service,
+        "sigterm-rc 0",
+        "sigterm-took " + stop,
+        "sigterm-exit 0",
+        "sigterm-left 0",
+    )
+    return Evidence.parse([f"BKF {fact}" for fact in facts])
+
+
+def test_the_stop_time_leaves_out_what_rc_service_itself_takes_on_the_emulated_cpu():
+    assert "gone in 7.5s" in check_sigterm(stop_console("100.0 103.5", "104.0 115.0"))
+    with pytest.raises(CheckFailed, match="took 10.5s"):
+        check_sigterm(stop_console("100.0 100.5", "104.0 115.0"))

@@ -42,6 +42,7 @@ SKIPPED_PREFIXES = (
 # it builds its dependency tree on every boot (a fork and an exec or two each).
 SKIPPED_FILES = ("etc/init.d/rc", "etc/init.d/rcS", "etc/init.d/agetty", "etc/init.d/cgroups")
 ONLY_FROM = {"util-linux": ("usr/bin/setpriv",)}
+LSB2RCCONF = "lib/rc/bin/lsb2rcconf"
 # What the initramfs loads before it looks for the card (nlplug-findfs and hwdrivers load these
 # from modaliases on Alpine): the card's file system, the loop device and squashfs the payload
 # image needs, the USB network device, and crc32c, which busybox modprobe would not load for
@@ -162,6 +163,11 @@ def userland_entries(userland: Userland) -> list[Entry]:
     # Debian's busybox awk uses glibc's regcomp, which refuses the unescaped "{" of the boot
     # script's awk (musl's, on Alpine, takes it): awk is Debian's mawk here.
     by_path[f"{USERLAND}/usr/bin/awk"] = Entry(f"{USERLAND}/usr/bin/awk", stat.S_IFLNK | 0o777, b"mawk")
+    # Debian's OpenRC asks lsb2rcconf (a Debian addition, a glibc program) for the LSB header of
+    # each script its dependency tree reads and each one openrc-run runs, where Alpine's sources
+    # the script; none here has one. A program that prints nothing and exits 0 says so, without a
+    # dynamic loader's start on the emulated CPU every time.
+    by_path[f"{USERLAND}/{LSB2RCCONF}"] = Entry(f"{USERLAND}/{LSB2RCCONF}", stat.S_IFREG | 0o755, exit_zero_program())
     # Alpine's tini-static is /sbin/tini-static (the boot script's default), Debian's /usr/bin/tini-static.
     by_path[f"{USERLAND}/sbin/tini-static"] = Entry(
         f"{USERLAND}/sbin/tini-static", stat.S_IFLNK | 0o777, b"../usr/bin/tini-static"
@@ -271,7 +277,7 @@ def with_parent_dirs(entries: list[Entry]) -> list[Entry]:
 
 def base_archive(userland: Userland, cache: Path) -> Path:
     """The userland archive, from the cache when these .debs made it before."""
-    key = hashlib.sha256("\n".join((*userland.debs, *STAGE1_MODULES, *FIREWALL_MODULES, "8")).encode()).hexdigest()
+    key = hashlib.sha256("\n".join((*userland.debs, *STAGE1_MODULES, *FIREWALL_MODULES, "9")).encode()).hexdigest()
     path = cache / f"userland-{key[:16]}.cpio"
     if not path.is_file():
         for stale in cache.glob("userland-*.cpio*"):
@@ -380,7 +386,23 @@ def probe_program(syscall: int) -> bytes:
         0xEF000000,  # svc #0
         0xEAFFFFFE,  # b .
     ]
-    body = struct.pack(f"<{len(code)}II", *code, syscall)
+    return arm_executable(struct.pack(f"<{len(code)}II", *code, syscall))
+
+
+def exit_zero_program() -> bytes:
+    """A static ARM EABI executable that exits 0 at once and prints nothing."""
+    code = [
+        0xE3A00000,  # mov r0, #0
+        0xE3A070F8,  # mov r7, #248  (exit_group)
+        0xEF000000,  # svc #0
+        0xE3A07001,  # mov r7, #1  (exit, should exit_group be refused)
+        0xEF000000,  # svc #0
+    ]
+    return arm_executable(struct.pack(f"<{len(code)}I", *code))
+
+
+def arm_executable(body: bytes) -> bytes:
+    """A static ARM EABI ELF executable of one segment, `body`, entered at its first instruction."""
     base, header_size = 0x10000, 52 + 32
     total = header_size + len(body)
     elf_header = (
